@@ -1,0 +1,206 @@
+"""The shared attack machinery: result type, input checks, model-state guard, gradient helper.
+
+Every attack subclasses :class:`Attack` and implements :meth:`Attack._run`. The base class
+validates inputs, puts the model in eval mode with frozen parameters (restoring both afterwards),
+turns gradients on locally (so attacks work under a caller's ``no_grad``/``inference_mode``),
+and computes the reported success mask and distortions from the returned images.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .losses import get_loss, is_adversarial
+from .norms import l2_norm, linf_norm, quantize as quantize_8bit
+
+
+@dataclass
+class AttackResult:
+    """Output of an attack on a batch.
+
+    x_adv: adversarial images in [0, 1]; success: per-sample bool; l2 / linf: per-sample
+    distortion ``x_adv - x``; grads: number of gradient computations (forward+backward passes)
+    the attack spent on the batch.
+    """
+
+    x_adv: Tensor
+    success: Tensor
+    l2: Tensor
+    linf: Tensor
+    grads: int
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class AttackContext:
+    """What :meth:`Attack._run` receives: the model, clean inputs, labels and optional targets."""
+
+    model: nn.Module
+    x: Tensor
+    y: Tensor
+    targets: Tensor | None
+    loss_fn: Callable[..., Tensor]
+    grads: int = 0
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Forward pass (no gradient bookkeeping)."""
+        with torch.no_grad():
+            return self.model(x)
+
+    def loss_and_grad(self, x: Tensor, loss_fn: Callable[..., Tensor] | None = None,
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+        """One forward+backward: returns (logits, per-sample loss, d loss / d x).
+
+        Gradients are taken on the input only (``torch.autograd.grad``); no parameter gradient
+        accumulates. Counts one gradient computation.
+        """
+        x = x.detach().requires_grad_(True)
+        logits = self.model(x)
+        loss = (loss_fn or self.loss_fn)(logits, self.y, self.targets)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        self.grads += 1
+        return logits.detach(), loss.detach(), grad.detach()
+
+    def is_adv(self, logits: Tensor) -> Tensor:
+        return is_adversarial(logits, self.y, self.targets)
+
+
+@contextlib.contextmanager
+def frozen_eval(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
+    """Eval mode and ``requires_grad=False`` on parameters for the duration; both restored."""
+    modes = {m: m.training for m in model.modules()}
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        if eval_mode:
+            model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def check_inputs(x: Tensor, y: Tensor, targets: Tensor | None, num_classes: int | None) -> None:
+    """Clear errors for bad attack input: rank, range, NaN, label shape and range."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError("x must be a floating-point tensor of images in [0, 1]")
+    if x.dim() != 4:
+        raise ValueError(f"x must be a batch of images NCHW (4-D), got shape {tuple(x.shape)}")
+    if torch.isnan(x).any():
+        raise ValueError("x contains NaN")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"x must lie in [0, 1] (pixel space), got values in [{lo:.4g}, {hi:.4g}]; "
+                         "move normalisation inside the model (advtrain.models.Normalize)")
+    for name, lab in (("y", y), ("targets", targets)):
+        if lab is None:
+            continue
+        if lab.dim() != 1 or lab.shape[0] != x.shape[0] or lab.is_floating_point():
+            raise ValueError(f"{name} must be an integer tensor of shape [{x.shape[0]}], "
+                             f"got {lab.dtype} {tuple(lab.shape)}")
+        if num_classes is not None and (int(lab.min()) < 0 or int(lab.max()) >= num_classes):
+            raise ValueError(f"{name} out of range [0, {num_classes}): "
+                             f"min {int(lab.min())}, max {int(lab.max())}")
+    if targets is not None and bool((targets == y).any()):
+        raise ValueError("targets must differ from the true labels y")
+
+
+def check_logits(logits: Tensor) -> None:
+    """Refuse models that output probabilities (rows in [0, 1] summing to 1) instead of logits."""
+    if logits.dim() != 2:
+        raise ValueError(f"the model must return logits of shape [B, classes], got {tuple(logits.shape)}")
+    if logits.shape[1] > 1 and bool((logits >= 0).all()) and bool((logits <= 1).all()):
+        sums = logits.sum(dim=1)
+        if torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
+            raise ValueError("the model seems to return probabilities (rows sum to 1); "
+                             "attacks need logits: remove the final softmax")
+
+
+def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
+    """Validate a numeric hyper-parameter."""
+    if value is None or math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+class Attack:
+    """Base of every attack. Subclasses set ``name`` and implement ``_run``.
+
+    Args:
+        quantize: return 8-bit images (on the 1/255 grid); how each attack honours this is
+            attack-specific (rounding each step for DDN/BP, at the end for the others).
+        loss: attacker loss name ("ce", "ce_difference", "margin"; see ``losses.py``).
+        eval_mode: run the model in eval mode (default); False keeps the caller's mode.
+    """
+
+    name: ClassVar[str] = "attack"
+    #: "distortion" (budget eps: FGSM, I-FGSM, PGD) or "success" (minimal distortion: C&W, DDN, BP)
+    family: ClassVar[str] = "distortion"
+    default_loss: ClassVar[str] = "ce"
+
+    def __init__(self, *, quantize: bool = False, loss: str | None = None, eval_mode: bool = True) -> None:
+        self.quantize = bool(quantize)
+        self.loss = loss or self.default_loss
+        self.loss_fn = get_loss(self.loss)
+        self.eval_mode = eval_mode
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "loss_fn")
+        return f"{type(self).__name__}({opts})"
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, targets: Tensor | None = None) -> AttackResult:
+        """Attack ``model`` on clean images ``x`` (in [0, 1]) with labels ``y``."""
+        with frozen_eval(model, self.eval_mode), torch.inference_mode(False), torch.enable_grad():
+            x = x.detach().clone() if x.is_inference() else x.detach()
+            y = y.detach().clone() if y.is_inference() else y.detach()
+            if targets is not None:
+                targets = targets.detach().clone() if targets.is_inference() else targets.detach()
+            with torch.no_grad():
+                logits0 = model(x[:1])
+            check_logits(logits0)
+            check_inputs(x, y, targets, logits0.shape[1])
+            ctx = AttackContext(model, x, y, targets, self.loss_fn)
+            x_adv = self._run(ctx).detach()
+            with torch.no_grad():  # success is always measured on the returned images
+                success = ctx.is_adv(model(x_adv))
+            delta = x_adv - x
+            return AttackResult(x_adv=x_adv, success=success.detach(), l2=l2_norm(delta),
+                                linf=linf_norm(delta), grads=ctx.grads)
+
+    def _run(self, ctx: AttackContext) -> Tensor:
+        """Return the adversarial images (in [0, 1])."""
+        raise NotImplementedError
+
+    def _finish(self, x_adv: Tensor) -> Tensor:
+        """Final quantization when asked (distortion-targeted attacks)."""
+        return quantize_8bit(x_adv) if self.quantize else x_adv
+
+
+class BestTracker:
+    """Keeps, per sample, the successful iterate of least L2 distortion (thesis 5.2.3).
+
+    Samples never found adversarial keep the clean image and are marked failed.
+    """
+
+    def __init__(self, x: Tensor) -> None:
+        self.x = x
+        self.best = x.clone()
+        self.best_l2 = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)
+        self.found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+
+    def update(self, x_cand: Tensor, is_adv: Tensor) -> None:
+        l2 = l2_norm(x_cand - self.x)
+        better = is_adv & (l2 < self.best_l2)
+        self.best = torch.where(better.view(-1, *([1] * (x_cand.dim() - 1))), x_cand, self.best)
+        self.best_l2 = torch.where(better, l2, self.best_l2)
+        self.found |= is_adv
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        return self.best, self.found

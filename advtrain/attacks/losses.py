@@ -1,0 +1,71 @@
+"""Attacker losses shared by every attack: thesis eq. 2.7-2.8 and the margin loss eq. 2.19.
+
+Convention: the attacker *minimizes* these losses; a value < 0 means adversarial.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _other_max(logits: Tensor, cls: Tensor) -> Tensor:
+    """max_{k != cls} logits[k] per sample."""
+    masked = logits.scatter(1, cls[:, None], float("-inf"))
+    return masked.amax(dim=1)
+
+
+def ce_difference(logits: Tensor, y: Tensor, targets: Tensor | None = None) -> Tensor:
+    """Thesis eq. 2.8 (untargeted) / eq. 2.7 (targeted): log p(l_g) - max_{l != l_g} log p(l).
+
+    The log-softmax normalisers cancel, so this equals the logit gap (thesis eq. 2.19 with mu = 0,
+    without the positive part). Targeted: log p(l_g)... replaced by max_{l != t} log p(l) - log p(t).
+    """
+    logp = F.log_softmax(logits.float(), dim=1)
+    if targets is None:
+        return logp.gather(1, y[:, None]).squeeze(1) - _other_max(logp, y)
+    return _other_max(logp, targets) - logp.gather(1, targets[:, None]).squeeze(1)
+
+
+def margin_loss(logits: Tensor, y: Tensor, targets: Tensor | None = None, margin: float = 0.0) -> Tensor:
+    """C&W margin loss J_mu (thesis eq. 2.19): [u(l_g) - max_{k != l_g} u(k) + mu]_+ ."""
+    logits = logits.float()
+    if targets is None:
+        gap = logits.gather(1, y[:, None]).squeeze(1) - _other_max(logits, y)
+    else:
+        gap = _other_max(logits, targets) - logits.gather(1, targets[:, None]).squeeze(1)
+    return (gap + margin).clamp_min(0.0)
+
+
+def cross_entropy(logits: Tensor, y: Tensor, targets: Tensor | None = None) -> Tensor:
+    """Negative cross-entropy of the true class (untargeted) or cross-entropy of the target.
+
+    Minimising it pushes p(l_g) down (untargeted) or p(t) up (targeted), as DDN does.
+    """
+    logits = logits.float()
+    if targets is None:
+        return -F.cross_entropy(logits, y, reduction="none")
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+LOSSES: dict[str, Callable[..., Tensor]] = {
+    "ce": cross_entropy,
+    "ce_difference": ce_difference,
+    "margin": margin_loss,
+}
+
+
+def get_loss(name: str) -> Callable[..., Tensor]:
+    """Look up an attacker loss by name."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown attack loss {name!r}; known: {sorted(LOSSES)}") from None
+
+
+def is_adversarial(logits: Tensor, y: Tensor, targets: Tensor | None = None) -> Tensor:
+    """Success criterion: prediction differs from y (untargeted) or equals the target."""
+    pred = logits.argmax(dim=1)
+    return pred != y if targets is None else pred == targets

@@ -1,0 +1,15 @@
+"""The attack registry: ``build_attack(name, **options)``."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..registry import Registry
+from .base import Attack
+
+ATTACKS: Registry[Attack] = Registry("attack")
+register_attack = ATTACKS.register
+
+
+def build_attack(name: str, **options: Any) -> Attack:
+    """Build an attack by registry name; unknown names/options fail listing the valid ones."""
+    return ATTACKS.build(name, **options)

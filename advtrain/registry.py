@@ -1,0 +1,90 @@
+"""Name -> class registries with keyword validation (attacks, defenses, models, datasets)."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named registry; ``build(name, **kw)`` fails listing known names or valid options."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, Callable[..., T]] = {}
+
+    def register(self, *names: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def deco(obj: Callable[..., T]) -> Callable[..., T]:
+            for n in names:
+                if n in self._items:
+                    raise KeyError(f"{self.kind} {n!r} registered twice")
+                self._items[n] = obj
+            return obj
+        return deco
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def __getitem__(self, name: str) -> Callable[..., T]:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items))}") from None
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def keys(self):
+        return self._items.keys()
+
+    def items(self):
+        return self._items.items()
+
+    def canonical(self) -> list[str]:
+        """Names without aliases (first name registered for each object)."""
+        seen: dict[int, str] = {}
+        for n, obj in self._items.items():
+            seen.setdefault(id(obj), n)
+        return list(seen.values())
+
+    def build(self, name: str, **kwargs: Any) -> T:
+        factory = self[name]
+        check_kwargs(factory, kwargs, f"{self.kind} {name!r}")
+        return factory(**kwargs)
+
+
+def valid_options(factory: Callable[..., Any]) -> list[str]:
+    """Keyword options accepted by a class or function (walking up **kwargs to base classes)."""
+    names: list[str] = []
+    targets = factory.__mro__ if inspect.isclass(factory) else (factory,)
+    for t in targets:
+        fn = t.__init__ if inspect.isclass(factory) else t
+        if inspect.isclass(factory) and "__init__" not in vars(t):
+            continue
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            continue
+        var_kw = False
+        for p in sig.parameters.values():
+            if p.name == "self":
+                continue
+            if p.kind is p.VAR_KEYWORD:
+                var_kw = True
+            elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in names:
+                names.append(p.name)
+        if not var_kw:
+            break
+    return names
+
+
+def check_kwargs(factory: Callable[..., Any], kwargs: dict[str, Any], what: str) -> None:
+    """Raise a clear error for options the factory does not take."""
+    valid = valid_options(factory)
+    bad = [k for k in kwargs if k not in valid]
+    if bad:
+        raise ValueError(f"{what} has no option {', '.join(map(repr, bad))}; valid options: {', '.join(valid)}")

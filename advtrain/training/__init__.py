@@ -1,0 +1,4 @@
+"""(Adversarial) training as a LightningModule."""
+from .module import AdversarialTrainingModule
+
+__all__ = ["AdversarialTrainingModule"]
