@@ -1,6 +1,11 @@
-"""Attack library in pixel space [0, 1]. See ``base.py`` for the shared protocol."""
+"""Attack library in pixel space [0, 1]. See ``base.py`` for the shared protocol.
+
+Every module in this package is imported, so an attack registers itself with ``@register_attack``.
+"""
+from ..autoload import import_submodules
 from .base import Attack, AttackContext, AttackResult, BestTracker
 from .registry import ATTACKS, build_attack, register_attack
-from . import gradient  # noqa: F401  (registers fgsm, ifgsm/bim, pgd_linf, pgd_l2)
+
+import_submodules(__name__)
 
 __all__ = ["Attack", "AttackContext", "AttackResult", "BestTracker", "ATTACKS", "build_attack", "register_attack"]

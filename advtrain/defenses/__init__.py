@@ -1,0 +1,10 @@
+"""Defenses in front of (or inside) a classifier; non-differentiable ones are attacked with BPDA.
+
+Every module in this package is imported, so a defense registers itself with ``@register_defense``.
+"""
+from ..autoload import import_submodules
+from .registry import DEFENSES, build_defense, register_defense
+
+import_submodules(__name__)
+
+__all__ = ["DEFENSES", "build_defense", "register_defense"]

@@ -1,0 +1,1 @@
+"""advtrain.smoothing"""

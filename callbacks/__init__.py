@@ -1,0 +1,1 @@
+"""Lightning callbacks of advtrain (fit patch codebooks, log robustness curves)."""
