@@ -1,0 +1,85 @@
+"""The evaluation statistics of thesis 3.3.2, written once: P_suc, D-bar, P(D), P_upp (eq. 3.1-3.2).
+
+Inputs are per-image tensors over the set X of correctly classified images: ``success`` (bool) and
+``distortion`` (the least distortion of a successful adversarial; ignored where success is False).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class AttackStats:
+    """Global statistics of one attack over X (thesis eq. 3.1-3.2)."""
+
+    n: int            # |X|, images classified correctly without attack
+    n_suc: int        # |X_suc|
+    p_suc: float      # N_suc / N
+    d_bar: float      # mean distortion over successes (nan when no success)
+    d_median: float   # median distortion over successes (nan when no success)
+    d_max: float      # max distortion over successes (0 when no success)
+    p_upp: float      # P(D_upp)
+    d_upp: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check(success: Tensor, distortion: Tensor) -> tuple[Tensor, Tensor]:
+    success = success.detach().flatten().bool().cpu()
+    distortion = distortion.detach().flatten().double().cpu()
+    if success.shape != distortion.shape:
+        raise ValueError(f"success and distortion must have the same length, got "
+                         f"{success.numel()} and {distortion.numel()}")
+    if bool(torch.isnan(distortion[success]).any()):
+        raise ValueError("distortion of a successful image is NaN")
+    return success, distortion
+
+
+def operating_characteristic(success: Tensor, distortion: Tensor, grid: Tensor) -> Tensor:
+    """P(D) = |{x in X_suc : D(x) <= D}| / N at each D of ``grid`` (thesis eq. 3.2).
+
+    Non-decreasing in D, P(0) = 0 for nonzero distortions, P(D_max) = P_suc.
+    """
+    success, distortion = _check(success, distortion)
+    n = success.numel()
+    if n == 0:
+        return torch.zeros(len(grid), dtype=torch.float64)
+    d = torch.sort(distortion[success]).values
+    counts = torch.searchsorted(d, grid.detach().double().cpu().contiguous(), right=True)
+    return counts.double() / n
+
+
+def attack_stats(success: Tensor, distortion: Tensor, d_upp: float) -> AttackStats:
+    """P_suc, D-bar (eq. 3.1), the median and max distortion, and P_upp = P(D_upp) (eq. 3.2)."""
+    success, distortion = _check(success, distortion)
+    n = success.numel()
+    d = distortion[success]
+    n_suc = int(d.numel())
+    p_upp = float(operating_characteristic(success, distortion, torch.tensor([d_upp]))[0]) if n else 0.0
+    return AttackStats(
+        n=n, n_suc=n_suc, p_suc=n_suc / n if n else 0.0,
+        d_bar=float(d.mean()) if n_suc else float("nan"),
+        d_median=float(d.median()) if n_suc else float("nan"),
+        d_max=float(d.max()) if n_suc else 0.0,
+        p_upp=p_upp, d_upp=float(d_upp))
+
+
+def distortion_grid(d_max: float, points: int = 200) -> Tensor:
+    """A fine grid on [0, d_max] for plotting P(D)."""
+    return torch.linspace(0.0, max(float(d_max), 1e-6), points, dtype=torch.float64)
+
+
+def least_distortion(success_runs: Tensor, distortion_runs: Tensor) -> tuple[Tensor, Tensor]:
+    """Combine several runs (e.g. an eps sweep, or an attack suite) per image: success if any run
+    succeeded, distortion = the least over successful runs (thesis 3.3.2).
+
+    Args: ``[runs, N]`` tensors. Returns ``(success [N], distortion [N])`` (inf where failed).
+    """
+    inf = torch.full_like(distortion_runs, float("inf"), dtype=torch.float64)
+    d = torch.where(success_runs.bool(), distortion_runs.double(), inf)
+    best = d.min(dim=0).values
+    return torch.isfinite(best), best
