@@ -83,3 +83,11 @@ def least_distortion(success_runs: Tensor, distortion_runs: Tensor) -> tuple[Ten
     d = torch.where(success_runs.bool(), distortion_runs.double(), inf)
     best = d.min(dim=0).values
     return torch.isfinite(best), best
+
+
+def summarize(success: Tensor, distortion: Tensor, d_upp: float, points: int = 200) -> dict:
+    """``attack_stats`` plus the operating characteristic P(D) on a ``points`` grid up to D_max."""
+    stats = attack_stats(success, distortion, d_upp)
+    grid = distortion_grid(stats.d_max, points)
+    curve = operating_characteristic(success, distortion, grid)
+    return {**stats.as_dict(), "curve": {"d": grid.tolist(), "p": curve.tolist()}}

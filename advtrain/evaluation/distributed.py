@@ -1,0 +1,49 @@
+"""Sharding the evaluation across processes (torch.distributed, gloo on CPU) and gathering back.
+
+Work is split in fixed batches dealt round-robin to the ranks; every batch is computed the same way
+(same images, same seed) whatever the number of processes, so N processes give one's numbers.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import torch.distributed as dist
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without an initialised process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def my_batches(n_batches: int) -> list[int]:
+    """Indices of the batches this rank computes (round-robin)."""
+    rank, world = dist_info()
+    return list(range(rank, n_batches, world))
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's object, in rank order (a one-element list on a single process)."""
+    rank, world = dist_info()
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's object on every rank."""
+    rank, world = dist_info()
+    if world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def batch_seed(seed: int, label: str, batch: int) -> int:
+    """A seed for one (attack, batch) pair, stable across processes and Python runs."""
+    return (seed * 1_000_003 + zlib.crc32(label.encode()) * 7919 + batch) % (2 ** 63)

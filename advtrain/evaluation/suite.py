@@ -1,0 +1,186 @@
+"""Attack suites: a YAML list of attack configs, or ``full`` = every registered attack with the
+thesis' settings for the dataset (thesis 5.3.1, Table 5.2: 20-iteration rows)."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..attacks import ATTACKS, Attack, build_attack
+from ..registry import check_kwargs, valid_options
+
+SUITES_DIR = Path(__file__).resolve().parents[2] / "configs" / "suites"
+SPEC_KEYS = ("attack", "label", "options", "budgets", "quantize_mode")
+#: "post": round the returned images (thesis 5.3, same as the attacks' own final rounding);
+#: "attack": the attack quantizes inside its loop (DDN, BP round each iterate), run it with quantize=True
+QUANTIZE_MODES = ("post", "attack")
+
+#: dataset name -> settings group of the thesis (MNIST, CIFAR10, ImageNet)
+DATASET_GROUP = {"mnist_embedded": "mnist", "mnist": "mnist", "cifar10": "cifar10", "imagefolder": "imagenet"}
+
+_LINF = {"mnist": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5],
+         "cifar10": [1 / 255, 2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255, 24 / 255, 32 / 255],
+         "imagenet": [1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255]}
+_L2 = {"mnist": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0],
+       "cifar10": [0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0],
+       "imagenet": [0.25, 0.5, 1.0, 2.0, 3.0, 5.0]}
+_STOP = {"steps": 20, "early_stop": True}
+_CW = {"mnist": {"lr": 0.5, "initial_const": 1.0}, "cifar10": {"lr": 0.1, "initial_const": 0.1},
+       "imagenet": {"lr": 0.01, "initial_const": 20.0}}
+
+#: per attack: group -> spec fields (thesis 5.3.1: alpha=0.08 for I-FGSM, eps/2 (MNIST, CIFAR) or
+#: 3 (ImageNet) for PGD2, C&W 5 x 20 with the learning rate / initial constant per dataset,
+#: DDN and BP defaults with 20 iterations). Distortion attacks sweep the budgets (eps).
+THESIS_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    "fgsm": {g: {"budgets": b} for g, b in _LINF.items()},
+    "ifgsm": {g: {"options": {**_STOP, "alpha": 0.08}, "budgets": b} for g, b in _LINF.items()},
+    "pgd_linf": {g: {"options": dict(_STOP), "budgets": b} for g, b in _LINF.items()},
+    "pgd_l2": {g: {"options": {**_STOP, **({"alpha": 3.0} if g == "imagenet" else {})}, "budgets": b}
+               for g, b in _L2.items()},
+    "qpgd_l2": {g: {"options": {"steps": 20}, "budgets": b} for g, b in _L2.items()},
+    "cw_l2": {g: {"options": {"steps": 20, "search_steps": 5, **o}} for g, o in _CW.items()},
+    "scw_l2": {g: {"options": {"steps": 20, "search_steps": 5, **o}} for g, o in _CW.items()},
+    "deepfool": {g: {"options": {}} for g in _L2},
+    "ddn": {g: {"options": {"steps": 20}, "quantize_mode": "attack"} for g in _L2},
+    "bp": {g: {"options": {"steps": 20}, "quantize_mode": "attack"} for g in _L2},
+}
+
+
+@dataclass
+class AttackSpec:
+    """One suite entry: a registered attack, its options, the eps sweep of distortion attacks."""
+
+    attack: str
+    label: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    budgets: list[float] | None = None
+    quantize_mode: str = "post"
+
+    def __post_init__(self) -> None:
+        cls = ATTACKS[self.attack]  # unknown name: error listing the known ones
+        self.label = self.label or self.attack
+        self.options = dict(self.options or {})
+        if self.quantize_mode not in QUANTIZE_MODES:
+            raise ValueError(f"{self.label}: quantize_mode must be one of {', '.join(QUANTIZE_MODES)}, "
+                             f"got {self.quantize_mode!r}")
+        for reserved in ("quantize", "eps") if self.budgets is not None else ("quantize",):
+            if reserved in self.options:
+                raise ValueError(f"{self.label}: option {reserved!r} is set by the evaluation "
+                                 f"({'quantize_mode' if reserved == 'quantize' else 'budgets'}); remove it")
+        check_kwargs(cls, self.options, f"attack {self.attack!r}")
+        if self.budgets is not None:
+            if getattr(cls, "family", "") != "distortion" or "eps" not in valid_options(cls):
+                raise ValueError(f"{self.label}: budgets (an eps sweep) need a distortion attack with an "
+                                 f"'eps' option; {self.attack!r} is family {getattr(cls, 'family', '?')!r}")
+            if not self.budgets or any(float(b) <= 0 for b in self.budgets):
+                raise ValueError(f"{self.label}: budgets must be a non-empty list of positive eps")
+            self.budgets = sorted(float(b) for b in self.budgets)
+
+    @property
+    def family(self) -> str:
+        return getattr(ATTACKS[self.attack], "family", "distortion")
+
+    def build(self, eps: float | None = None, quantize: bool = False) -> Attack:
+        opts = dict(self.options, quantize=quantize)
+        if eps is not None:
+            opts["eps"] = eps
+        return build_attack(self.attack, **opts)
+
+    def runs(self) -> list[float | None]:
+        """The budgets to run (one run at the defaults for success attacks)."""
+        return list(self.budgets) if self.budgets is not None else [None]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _group(dataset: str) -> str:
+    if dataset not in DATASET_GROUP:
+        raise ValueError(f"no thesis settings for dataset {dataset!r}; known: {', '.join(DATASET_GROUP)}")
+    return DATASET_GROUP[dataset]
+
+
+def full_suite(dataset: str = "mnist_embedded") -> list[AttackSpec]:
+    """Every registered attack (no aliases), with the thesis' settings for ``dataset`` when the
+    table has them; otherwise its defaults (and a warning). Table options an attack does not take
+    are dropped with a warning, so the table never blocks a newly registered attack."""
+    group = _group(dataset)
+    specs = []
+    for name in ATTACKS.canonical():
+        row = THESIS_SETTINGS.get(name, {}).get(group)
+        if row is None:
+            warnings.warn(f"attack {name!r} has no thesis settings for {dataset}: running it with its defaults")
+            specs.append(AttackSpec(name))
+            continue
+        valid = valid_options(ATTACKS[name])
+        dropped = [k for k in row.get("options", {}) if k not in valid]
+        if dropped:
+            warnings.warn(f"attack {name!r} takes no option {', '.join(dropped)} of the thesis table: dropped")
+        options = {k: v for k, v in row.get("options", {}).items() if k in valid}
+        specs.append(AttackSpec(name, options=options, budgets=row.get("budgets"),
+                                quantize_mode=row.get("quantize_mode", "post")))
+    return specs
+
+
+def quick_suite(dataset: str = "mnist_embedded", budgets: int = 3, max_steps: int = 10,
+                max_search_steps: int = 3) -> list[AttackSpec]:
+    """``full`` made cheap (for demos): each eps sweep thinned to ``budgets`` values (first, middle,
+    last), iterations capped at ``max_steps`` and C&W-style line searches at ``max_search_steps``."""
+    specs = full_suite(dataset)
+    caps = {"steps": max_steps, "search_steps": max_search_steps}
+    for s in specs:
+        if s.budgets is not None and len(s.budgets) > budgets:
+            last = len(s.budgets) - 1
+            s.budgets = sorted({s.budgets[round(i * last / (budgets - 1))] for i in range(budgets)})
+        for k, cap in caps.items():
+            if k in s.options and s.options[k] > cap:
+                s.options[k] = cap
+    return specs
+
+
+BUILTIN_SUITES = {"full": full_suite, "quick": quick_suite}
+
+
+def parse_suite(entries: Any, where: str = "suite") -> list[AttackSpec]:
+    """Validate a list of attack configs (dicts with keys ``SPEC_KEYS``) into specs."""
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{where}: a suite is a non-empty YAML list of attack configs")
+    specs = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or "attack" not in e:
+            raise ValueError(f"{where}: entry {i} must be a mapping with an 'attack' key, got {e!r}")
+        bad = [k for k in e if k not in SPEC_KEYS]
+        if bad:
+            raise ValueError(f"{where}: entry {i} ({e['attack']}) has unknown key {', '.join(map(repr, bad))}; "
+                             f"valid keys: {', '.join(SPEC_KEYS)}")
+        try:
+            specs.append(AttackSpec(**e))
+        except ValueError as err:
+            raise ValueError(f"{where}: entry {i}: {err}") from None
+    labels = [s.label for s in specs]
+    dup = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if dup:
+        raise ValueError(f"{where}: duplicate labels {', '.join(dup)}; give each entry a distinct 'label'")
+    return specs
+
+
+def load_suite(suite: str | list | Path = "full", dataset: str = "mnist_embedded") -> list[AttackSpec]:
+    """``"full"``, ``"quick"``, a name in ``configs/suites/``, a YAML file, or a list of configs."""
+    if isinstance(suite, list):
+        return parse_suite(suite)
+    if str(suite) in BUILTIN_SUITES:
+        return BUILTIN_SUITES[str(suite)](dataset)
+    path = Path(suite)
+    if not path.is_file() and (SUITES_DIR / f"{suite}.yaml").is_file():
+        path = SUITES_DIR / f"{suite}.yaml"
+    if not path.is_file():
+        known = list(BUILTIN_SUITES) + sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"suite {str(suite)!r} is neither a file nor a known suite ({', '.join(known)})")
+    try:
+        entries = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"suite file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return parse_suite(entries, where=str(path))
