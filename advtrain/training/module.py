@@ -6,112 +6,174 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torch import Tensor
 
-from ..attacks import build_attack
-from ..attacks.norms import l2_norm, view_as_batch
 from ..models import build_model
+from .inner_attack import adversarial_loss, build_inner_attack, check_mix, clip_perturbation
+from .optim import build_optimizer
+from .resume import resumable_loader, rng_state, set_rng_state
+from .robustness_metrics import RobustnessMetrics
+
+#: checkpoint key of what this module adds (RNG states, identity of the model)
+CKPT_KEY = "advtrain"
 
 
 class AdversarialTrainingModule(pl.LightningModule):
     """Wraps a classifier from the model factory and an inner-loop attack from the registry.
 
-    Per batch: craft adversarial examples (model in eval mode unless ``attack_train_mode``), then
-    minimise ``(1 - adv_weight) * CE(clean) + adv_weight * CE(adv)``. ``adv_weight=0.5`` is
-    Goodfellow's mixed loss, ``1.0`` Madry's adversarial-only. The first ``clean_epochs`` epochs
-    train on clean images only (clean pre-training, then adversarial fine-tuning as in thesis 5.5).
+    Per batch (once ``current_epoch >= clean_epochs``): craft adversarial examples with the model
+    in eval mode and frozen parameters (``attack_train_mode=True`` keeps train-mode BN), optionally
+    clip their L2 perturbation to ``max_norm`` (success-targeted attacks, as Rony et al. 2019 do),
+    then minimise ``clean_weight * CE(x) + adv_weight * CE(x_adv)`` (see :func:`adversarial_loss`):
+    ``adv_weight=0.5`` is Goodfellow's mixed loss, ``1.0`` Madry's adversarial-only loss.
+    ``clean_epochs > 0`` gives clean pre-training then adversarial fine-tuning in one run (thesis 5.5).
+
+    Validation and test report clean accuracy, accuracy under ``val_pgd`` at a fixed budget, and
+    the distortion statistics of ``val_attack`` on the first ``val_subset`` images (see
+    :class:`RobustnessMetrics`). Checkpoints carry the RNG states; the training loader is replaced
+    by one whose order depends on (seed, epoch) only, so a run resumed mid-epoch is exact.
 
     Args:
         model: model factory name (``c4``, ``cifar_cnn``, ``timm:<name>``, ``torchvision:<name>``).
-        attack: registry name of the inner-loop attack, or None for clean training.
-        attack_options: keyword options of the attack (e.g. ``{steps: 20}``).
-        max_norm: for success-targeted attacks, clip each perturbation's L2 norm to this value.
+        attack: registry name of the inner-loop attack (``fgsm``, ``pgd_linf``, ``pgd_l2``, ``ddn``,
+            ``bp``, ...) or None for clean training; ``attack_options`` its options (20 steps when
+            unspecified for iterative attacks).
+        adv_weight: mix ratio in [0, 1]; ``clean_weight`` defaults to ``1 - adv_weight``.
+        val_attack, val_attack_options: success-targeted attack measured at validation (20 steps
+            by default); ``val_subset`` images; ``d_upp``: distortion of P_upp (thesis Table 5.2).
+        val_pgd, val_pgd_options: distortion-targeted attack at a fixed budget (default eps = d_upp).
+        seed: seed of the training data order (exact resume).
     """
 
     def __init__(self, model: str = "c4", num_classes: int = 10, pretrained: bool = False,
                  weights: str | None = None, attack: str | None = None,
                  attack_options: dict[str, Any] | None = None, adv_weight: float = 0.5,
-                 clean_epochs: int = 0, max_norm: float | None = None, attack_train_mode: bool = False,
-                 optimizer: str = "adam", lr: float = 1e-3, momentum: float = 0.9,
-                 weight_decay: float = 0.0, scheduler: str | None = None) -> None:
+                 clean_weight: float | None = None, clean_epochs: int = 0, max_norm: float | None = None,
+                 attack_train_mode: bool = False, optimizer: str = "adam", lr: float = 1e-3,
+                 momentum: float = 0.9, weight_decay: float = 0.0, scheduler: str | None = None,
+                 milestones: list[int] | None = None, val_attack: str | None = "ddn",
+                 val_attack_options: dict[str, Any] | None = None, val_subset: int = 200,
+                 val_pgd: str | None = "pgd_l2", val_pgd_options: dict[str, Any] | None = None,
+                 d_upp: float = 2.0, seed: int = 0, exact_resume: bool = True) -> None:
         super().__init__()
-        if not 0.0 <= adv_weight <= 1.0:
-            raise ValueError(f"adv_weight (mix ratio) must lie in [0, 1], got {adv_weight}")
+        check_mix(adv_weight, clean_weight)
         if clean_epochs < 0:
             raise ValueError(f"clean_epochs must be >= 0, got {clean_epochs}")
-        if max_norm is not None and max_norm <= 0:
-            raise ValueError(f"max_norm must be > 0, got {max_norm}")
-        if optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-        if scheduler not in (None, "cosine", "none"):
-            raise ValueError(f"scheduler must be None or 'cosine', got {scheduler!r}")
+        if max_norm is not None and not max_norm > 0:
+            raise ValueError(f"max_norm must be > 0 (or null for no clipping), got {max_norm}")
+        if not d_upp > 0:
+            raise ValueError(f"d_upp must be > 0, got {d_upp}")
         self.save_hyperparameters()
         self.model = build_model(model, num_classes=num_classes, pretrained=pretrained, weights=weights)
-        self.attack = build_attack(attack, eval_mode=not attack_train_mode, **(attack_options or {})) \
+        self.attack = build_inner_attack(attack, attack_options, eval_mode=not attack_train_mode) \
             if attack else None
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.adv_l2 = MeanMetric()
+        pgd = build_inner_attack(val_pgd, {"eps": d_upp, **(val_pgd_options or {})}) if val_pgd else None
+        val_att = build_inner_attack(val_attack, val_attack_options) if val_attack else None
+        self.val_metrics = RobustnessMetrics(num_classes, pgd, val_att, val_subset, d_upp)
+        self.test_metrics = RobustnessMetrics(num_classes, pgd, val_att, val_subset, d_upp)
+        self._resume_rng: dict | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
+    # ---------------------------------------------------------------- training
     @property
     def adversarial_now(self) -> bool:
+        """True once clean pre-training (``clean_epochs``) is over and an attack is configured."""
         return self.attack is not None and self.current_epoch >= self.hparams.clean_epochs
 
-    def craft(self, x: Tensor, y: Tensor) -> Tensor:
-        """Adversarial examples for training (no parameter gradients; modes restored)."""
-        x_adv = self.attack(self.model, x, y).x_adv
-        if self.hparams.max_norm is not None:
-            delta = x_adv - x
-            scale = (self.hparams.max_norm / l2_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
-            x_adv = (x + delta * view_as_batch(scale, delta)).clamp(0, 1)
-        return x_adv.detach()
+    def craft(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Adversarial examples (detached; no parameter gradient) and their attack success mask."""
+        res = self.attack(self.model, x, y)
+        x_adv = clip_perturbation(res.x_adv, x, self.hparams.max_norm)
+        return x_adv.detach(), res.success
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        w = self.hparams.adv_weight if self.adversarial_now else 0.0
-        if w > 0:
-            x_adv = self.craft(x, y)
-            self.adv_l2.update(l2_norm(x_adv - x))
-            inputs = torch.cat([x, x_adv]) if w < 1 else x_adv
-            logits = self.model(inputs)
-            if w < 1:
-                lc, la = logits.split(x.shape[0])
-                loss = (1 - w) * F.cross_entropy(lc, y) + w * F.cross_entropy(la, y)
-                logits = lc
-            else:
-                loss = F.cross_entropy(logits, y)
-            self.log("train/adv_l2", self.adv_l2, on_step=False, on_epoch=True)
+        h = self.hparams
+        if self.adversarial_now:
+            x_adv, success = self.craft(x, y)
+            loss, logits = adversarial_loss(self.model, x, x_adv, y, h.adv_weight, h.clean_weight)
+            self.log("train/adv_l2", (x_adv - x).flatten(1).norm(dim=1).mean(), on_step=False, on_epoch=True)
+            self.log("train/adv_success", success.float().mean(), on_step=False, on_epoch=True)
         else:
             logits = self.model(x)
             loss = F.cross_entropy(logits, y)
-        self.train_acc(logits.detach(), y)
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self.log("train/acc", (logits.detach().argmax(1) == y).float().mean(), on_step=False, on_epoch=True)
         return loss
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        self.val_acc(self.model(x), y)
-        self.log("val/acc", self.val_acc, prog_bar=True, sync_dist=False)
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        self.test_acc(self.model(x), y)
-        self.log("test/acc", self.test_acc)
 
     def configure_optimizers(self):
         h = self.hparams
-        if h.optimizer == "adam":
-            opt = torch.optim.Adam(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
-        else:
-            opt = torch.optim.SGD(self.parameters(), lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
-        if h.scheduler == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.trainer.max_epochs or 1))
-            return {"optimizer": opt, "lr_scheduler": sched}
-        return opt
+        return build_optimizer(self.parameters(), h.optimizer, h.lr, h.momentum, h.weight_decay,
+                               h.scheduler, h.milestones, self.trainer.max_epochs)
+
+    # ---------------------------------------------------------- validation/test
+    def _evaluate(self, metrics: RobustnessMetrics, x: Tensor, y: Tensor) -> None:
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # random starts must not move the training RNG
+            torch.manual_seed(self.hparams.seed)
+            metrics.update(self.model, x, y)
+
+    def _log_metrics(self, metrics: RobustnessMetrics, prefix: str) -> None:
+        values = metrics.compute()  # torchmetrics syncs the states across processes
+        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, prog_bar=False)
+        metrics.reset()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(self.val_metrics, *batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(self.test_metrics, *batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_metrics.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics.reset()
+
+    # --------------------------------------------------------------- resume
+    def setup(self, stage: str) -> None:
+        """Give the training loader an order that depends on (seed, epoch) only (exact resume)."""
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if stage != "fit" or not self.hparams.exact_resume or dm is None or getattr(dm, "_advtrain_wrapped", False):
+            return
+        make_loader = dm.train_dataloader
+
+        def progress() -> tuple[int, int | float]:
+            return (self.trainer.fit_loop.epoch_loop.batch_progress.total.ready,
+                    self.trainer.limit_train_batches)
+
+        dm.train_dataloader = lambda: resumable_loader(make_loader(), self.hparams.seed, progress)
+        dm._advtrain_wrapped = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CKPT_KEY] = {"rng": rng_state(), "model": self.hparams.model,
+                                "num_classes": self.hparams.num_classes}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another model (clear error); keep its RNG state for training."""
+        saved = checkpoint.get(CKPT_KEY, {})
+        ours = {"model": self.hparams.model, "num_classes": self.hparams.num_classes}
+        theirs = {k: saved.get(k, checkpoint.get("hyper_parameters", {}).get(k)) for k in ours}
+        if theirs != ours:
+            raise ValueError(f"checkpoint is of another model ({theirs}), this run trains {ours}: "
+                             "resume with the same --model.model and --model.num_classes")
+        own = self.state_dict()
+        bad = [k for k, v in checkpoint.get("state_dict", {}).items() if k in own and own[k].shape != v.shape]
+        missing = [k for k in own if k not in checkpoint.get("state_dict", {})]
+        if bad or missing:
+            raise ValueError(f"checkpoint weights do not fit model {self.hparams.model!r}: "
+                             f"{len(bad)} tensors of other shapes ({bad[:3]}), {len(missing)} missing ({missing[:3]})")
+        self._resume_rng = saved.get("rng")
+
+    def on_train_start(self) -> None:
+        if self._resume_rng is not None:  # the latest point before the first resumed training batch
+            set_rng_state(self._resume_rng)
+            self._resume_rng = None

@@ -1,0 +1,54 @@
+"""Exact resume: a run killed mid-epoch and resumed from its last checkpoint ends identically."""
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from training_helpers import quick_fit
+
+
+class Kill(Callback):
+    """Raises at the end of training batch number ``at`` (global step), before it is checkpointed."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.at:
+            raise RuntimeError("killed")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    module, trainer = quick_fit(tmp_path_factory.mktemp("full"))
+    return module, dict(trainer.callback_metrics)
+
+
+@pytest.mark.parametrize("kill_at", [13, 17])  # mid-epoch 1 (adversarial, after the clean epoch), mid-epoch 2
+def test_killed_and_resumed_run_ends_with_the_same_weights_and_metrics(tmp_path, uninterrupted, kill_at):
+    ref, ref_metrics = uninterrupted
+    with pytest.raises(RuntimeError, match="killed"):
+        quick_fit(tmp_path, callbacks=[Kill(kill_at)])
+    last = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert last["global_step"] == kill_at - kill_at % 3 and last["global_step"] % 8 != 0  # mid-epoch
+    module, trainer = quick_fit(tmp_path, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert trainer.global_step == 24
+    for (name, a), b in zip(ref.state_dict().items(), module.state_dict().values()):
+        assert torch.equal(a, b), name
+    metrics = dict(trainer.callback_metrics)
+    for k in ("val/acc", "val/pgd_acc", "val/attack_l2_mean", "val/attack_l2_median"):
+        assert float(metrics[k]) == float(ref_metrics[k]), k
+
+
+def test_resume_without_the_sampler_would_differ(tmp_path, uninterrupted):
+    """The test above can fail: a different data order (another seed) changes the final weights."""
+    ref, _ = uninterrupted
+    module, _ = quick_fit(tmp_path, module_kw={"seed": 1})
+    assert not torch.equal(ref.model.net.classifier.weight, module.model.net.classifier.weight)
+
+
+def test_resuming_from_a_checkpoint_of_another_model_is_a_clear_error(tmp_path, uninterrupted):
+    quick_fit(tmp_path, max_epochs=1, batches=3)
+    with pytest.raises(ValueError, match="checkpoint is of another model"):
+        quick_fit(tmp_path / "other", module_kw={"model": "cifar_cnn"}, ckpt_path=str(tmp_path / "last.ckpt"))

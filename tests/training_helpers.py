@@ -1,0 +1,32 @@
+"""Small, fast training runs shared by the tests of advtrain.training."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from advtrain.data import NamedDataModule
+from advtrain.training import AdversarialTrainingModule
+
+#: a quick adversarial recipe: PGD2 with a random start (so resume must restore the RNG), cosine lr
+QUICK = dict(attack="pgd_l2", attack_options={"eps": 1.0, "steps": 2, "random_start": True},
+             clean_epochs=1, scheduler="cosine", val_attack="ddn", val_attack_options={"steps": 5},
+             val_subset=32, val_pgd="pgd_l2", val_pgd_options={"steps": 2})
+
+
+def quick_fit(root: Path, module_kw: dict[str, Any] | None = None, callbacks: Sequence[Callback] = (),
+              ckpt_path: str | None = None, max_epochs: int = 3, batches: int = 8, **trainer_kw: Any):
+    """Fit C4 on ``batches`` batches per epoch of the embedded MNIST; returns (module, trainer)."""
+    pl.seed_everything(0, verbose=False)
+    module = AdversarialTrainingModule(**{**QUICK, **(module_kw or {})})
+    dm = NamedDataModule("mnist_embedded", batch_size=32, eval_batch_size=64)
+    ckpt = ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=3, save_top_k=-1,
+                           filename="step{step}")
+    trainer = pl.Trainer(max_epochs=max_epochs, limit_train_batches=batches, limit_val_batches=1,
+                         logger=False, deterministic=True, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0,
+                         callbacks=[*callbacks, ckpt], default_root_dir=root, **trainer_kw)
+    trainer.fit(module, dm, ckpt_path=ckpt_path)
+    return module, trainer
