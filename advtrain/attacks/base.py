@@ -106,11 +106,18 @@ def check_inputs(x: Tensor, y: Tensor, targets: Tensor | None, num_classes: int 
         if lab.dim() != 1 or lab.shape[0] != x.shape[0] or lab.is_floating_point():
             raise ValueError(f"{name} must be an integer tensor of shape [{x.shape[0]}], "
                              f"got {lab.dtype} {tuple(lab.shape)}")
-        if num_classes is not None and (int(lab.min()) < 0 or int(lab.max()) >= num_classes):
-            raise ValueError(f"{name} out of range [0, {num_classes}): "
-                             f"min {int(lab.min())}, max {int(lab.max())}")
+    if num_classes is not None:
+        check_label_range(y, targets, num_classes)
     if targets is not None and bool((targets == y).any()):
         raise ValueError("targets must differ from the true labels y")
+
+
+def check_label_range(y: Tensor, targets: Tensor | None, num_classes: int) -> None:
+    """Labels (and targets) must lie in [0, num_classes)."""
+    for name, lab in (("y", y), ("targets", targets)):
+        if lab is not None and (int(lab.min()) < 0 or int(lab.max()) >= num_classes):
+            raise ValueError(f"{name} out of range [0, {num_classes}): "
+                             f"min {int(lab.min())}, max {int(lab.max())}")
 
 
 def check_logits(logits: Tensor) -> None:
@@ -143,6 +150,8 @@ class Attack:
     name: ClassVar[str] = "attack"
     #: "distortion" (budget eps: FGSM, I-FGSM, PGD) or "success" (minimal distortion: C&W, DDN, BP)
     family: ClassVar[str] = "distortion"
+    #: norm in which the budget ``eps`` of a distortion-targeted attack is measured ("l2" or "linf")
+    norm: ClassVar[str] = "l2"
     default_loss: ClassVar[str] = "ce"
 
     def __init__(self, *, quantize: bool = False, loss: str | None = None, eval_mode: bool = True) -> None:
@@ -162,10 +171,11 @@ class Attack:
             y = y.detach().clone() if y.is_inference() else y.detach()
             if targets is not None:
                 targets = targets.detach().clone() if targets.is_inference() else targets.detach()
+            check_inputs(x, y, targets, None)  # before any forward: rank, range, NaN, label shape
             with torch.no_grad():
                 logits0 = model(x[:1])
             check_logits(logits0)
-            check_inputs(x, y, targets, logits0.shape[1])
+            check_label_range(y, targets, logits0.shape[1])
             ctx = AttackContext(model, x, y, targets, self.loss_fn)
             x_adv = self._run(ctx).detach()
             with torch.no_grad():  # success is always measured on the returned images

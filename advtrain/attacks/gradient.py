@@ -14,6 +14,7 @@ class FGSM(Attack):
     """y = clip(x - eps sign(grad J(x))) (thesis eq. 2.12)."""
 
     name = "fgsm"
+    norm = "linf"
 
     def __init__(self, eps: float = 0.3, **kw) -> None:
         super().__init__(**kw)
@@ -80,6 +81,7 @@ class IFGSM(_Iterative):
     """
 
     name = "ifgsm"
+    norm = "linf"
 
     def _default_alpha(self) -> float:
         return min(0.08, self.eps)

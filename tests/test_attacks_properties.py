@@ -1,0 +1,221 @@
+"""Properties every registered attack must have (the attack protocol of DESIGN.md / issue 3).
+
+Iterates over ``ATTACKS.canonical()``, so attacks added later are covered automatically; each gets
+a small-cost configuration (``CHEAP`` or the generic fallback ``GENERIC``).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from advtrain.attacks import ATTACKS, build_attack
+from advtrain.attacks.norms import l2_norm, linf_norm
+from advtrain.registry import valid_options
+
+NAMES = ATTACKS.canonical()
+#: per-attack small-cost options for these tests
+CHEAP: dict[str, dict] = {
+    "fgsm": {"eps": 0.1},
+    "ifgsm": {"eps": 0.1, "steps": 3},
+    "pgd_linf": {"eps": 0.1, "steps": 3},
+    "pgd_l2": {"eps": 1.0, "steps": 3},
+    "deepfool": {"steps": 3, "candidates": 3},
+    "ddn": {"steps": 3},
+    "bp": {"steps": 3},
+}
+#: generic fallback, filtered by the options each attack accepts
+GENERIC = {"steps": 3, "binary_search_steps": 2, "search_steps": 2, "iterations": 3, "max_iter": 3,
+           "cg_iters": 5, "candidates": 3}
+
+
+def cheap(name: str, **extra) -> dict:
+    opts = CHEAP.get(name)
+    if opts is None:
+        valid = valid_options(ATTACKS[name])
+        opts = {k: v for k, v in GENERIC.items() if k in valid}
+    return {**opts, **extra}
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    """Untrained small CNN with BatchNorm and Dropout (mode matters) and logits output."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 8, 5, stride=3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                         nn.Dropout(0.1), nn.Linear(8 * 8 * 8, 10))
+
+
+@pytest.fixture(scope="module")
+def tiny() -> nn.Module:
+    return tiny_model()
+
+
+def batch(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.round(torch.rand(n, 1, 28, 28, generator=g) * 255) / 255  # 8-bit images
+    return x, torch.randint(0, 10, (n,), generator=g)
+
+
+def run(attack, model, x, y, targets=None):
+    return attack(model, x, y) if targets is None else attack(model, x, y, targets)
+
+
+def check_result(name: str, attack, model: nn.Module, x, y, res, targets=None) -> None:
+    """The protocol's properties of an AttackResult, recomputed from the returned images."""
+    x_adv = res.x_adv
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert not x_adv.requires_grad
+    assert bool(torch.isfinite(x_adv).all())
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    if attack.quantize:
+        assert float((x_adv * 255 - torch.round(x_adv * 255)).abs().max()) < 1e-4, "not on the 1/255 grid"
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        pred = model(x_adv).argmax(1)
+    model.train(was_training)
+    expected = pred != y if targets is None else pred == targets
+    assert torch.equal(res.success, expected), "success mask differs from the returned images' predictions"
+    delta = (x_adv - x).detach()
+    torch.testing.assert_close(res.l2, l2_norm(delta))
+    torch.testing.assert_close(res.linf, linf_norm(delta))
+    assert isinstance(res.grads, int) and res.grads >= 1
+    if type(attack).family == "distortion":
+        eps, norm = attack.eps, type(attack).norm
+        measured = res.linf if norm == "linf" else res.l2
+        slack = 1e-5
+        if attack.quantize:  # rounding may move each pixel by half a level
+            slack += 0.5 / 255 * (1.0 if norm == "linf" else math.sqrt(x[0].numel()))
+        assert float(measured.max()) <= eps + slack, f"{name} exceeds its {norm} budget {eps}"
+    else:  # success-targeted: a sample never found adversarial is returned unchanged
+        failed = ~res.success
+        assert torch.equal(x_adv[failed], x[failed])
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+@pytest.mark.parametrize("name", NAMES)
+def test_protocol_on_untrained_model(name, quantize, tiny):
+    """Train-mode model with some frozen parameters: outputs valid, mode and flags restored."""
+    model = tiny.train()
+    model[0].weight.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    x, y = batch(6)
+    attack = build_attack(name, quantize=quantize, **cheap(name))
+    res = attack(model, x, y)
+    assert all(m.training for m in model.modules()), "train mode not restored"
+    assert [p.requires_grad for p in model.parameters()] == flags, "requires_grad not restored"
+    assert all(p.grad is None for p in model.parameters()), "a parameter received a gradient"
+    check_result(name, attack, model, x, y, res)
+    model[0].weight.requires_grad_(True)
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+@pytest.mark.parametrize("name", NAMES)
+def test_protocol_on_trained_c4(name, quantize, trained_c4, correct_test_batch):
+    x, y = correct_test_batch[0][:12], correct_test_batch[1][:12]
+    attack = build_attack(name, quantize=quantize, **cheap(name))
+    res = attack(trained_c4, x, y)
+    assert not trained_c4.training
+    assert all(p.grad is None for p in trained_c4.parameters())
+    check_result(name, attack, trained_c4, x, y, res)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_targeted_or_clear_refusal(name, trained_c4, correct_test_batch):
+    """Targeted mode: success means 'predicted as the target'; untargeted-only attacks refuse."""
+    x, y = correct_test_batch[0][:8], correct_test_batch[1][:8]
+    targets = (y + 1) % 10
+    attack = build_attack(name, **cheap(name))
+    try:
+        res = attack(trained_c4, x, y, targets)
+    except ValueError as e:
+        assert "untargeted" in str(e)
+        return
+    check_result(name, attack, trained_c4, x, y, res, targets)
+
+
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize("name", NAMES)
+def test_works_under_caller_grad_contexts(name, context, tiny):
+    model = tiny.eval()
+    attack = build_attack(name, **cheap(name))
+    ctx = torch.no_grad() if context == "no_grad" else torch.inference_mode()
+    with ctx:
+        x, y = batch(4, seed=1)
+        res = attack(model, x, y)
+    check_result(name, attack, model, x.clone(), y.clone(), res)
+
+
+@pytest.mark.parametrize("n", [1, 257])
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_sizes(name, n, tiny):
+    model = tiny.eval()
+    x, y = batch(n, seed=2)
+    attack = build_attack(name, **cheap(name))
+    res = attack(model, x, y)
+    assert res.success.shape == (n,) and res.l2.shape == (n,)
+    check_result(name, attack, model, x, y, res)
+
+
+# ---------------------------------------------------------------- bad input: clear errors
+
+BAD_INPUTS = {
+    "above one": (lambda x, y: (x * 2 + 0.1, y), "[0, 1]"),
+    "negative": (lambda x, y: (x - 0.5, y), "[0, 1]"),
+    "nan": (lambda x, y: (x.masked_fill(x > 0.5, float("nan")), y), "NaN"),
+    "rank 3": (lambda x, y: (x[:, 0], y), "4-D"),
+    "label out of range": (lambda x, y: (x, torch.full_like(y, 10)), "out of range"),
+    "negative label": (lambda x, y: (x, torch.full_like(y, -1)), "out of range"),
+    "float labels": (lambda x, y: (x, y.float()), "integer"),
+    "label count": (lambda x, y: (x, y[:-1]), "shape"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_input_is_refused(name, case, tiny):
+    make, message = BAD_INPUTS[case]
+    x, y = make(*batch(3))
+    with pytest.raises(ValueError, match=message):
+        build_attack(name, **cheap(name))(tiny.eval(), x, y)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_probability_model_is_refused(name, tiny):
+    model = nn.Sequential(tiny.eval(), nn.Softmax(dim=1))
+    with pytest.raises(ValueError, match="probabilities"):
+        build_attack(name, **cheap(name))(model, *batch(3))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if "eps" in valid_options(ATTACKS[n])])
+@pytest.mark.parametrize("eps", [-0.1, float("nan")])
+def test_negative_budget_is_refused(name, eps):
+    with pytest.raises(ValueError, match="eps"):
+        build_attack(name, eps=eps)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("ddn", {"steps": 0}), ("ddn", {"gamma": 1.5}), ("ddn", {"init_norm": -1.0}),
+    ("bp", {"steps": 0}), ("bp", {"gamma_min": 1.0}), ("bp", {"alpha": -2.0}),
+    ("deepfool", {"candidates": 0}), ("deepfool", {"overshoot": -0.1}),
+])
+def test_bad_hyper_parameters_are_refused(name, options):
+    with pytest.raises(ValueError, match=next(iter(options))):
+        build_attack(name, **options)
+
+
+def test_unknown_attack_name_lists_known_ones():
+    with pytest.raises(ValueError, match="unknown attack 'nope'.*bp.*ddn.*deepfool"):
+        build_attack("nope")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_option_lists_valid_ones(name):
+    with pytest.raises(ValueError, match="no option 'bogus'; valid options: .*quantize"):
+        build_attack(name, bogus=1)
+
+
+def test_unknown_loss_is_refused():
+    with pytest.raises(ValueError, match="unknown attack loss 'hinge'"):
+        build_attack("bp", loss="hinge")
