@@ -1,0 +1,166 @@
+"""Codebooks of patch replacement (thesis 6.3.2): PQ k-means (one codebook per slice), a universal
+k-means codebook shared by all slices, and the training-free E8 lattice.
+
+Every codebook maps patches ``[m, N, dim]`` (m slices, N patches) to their nearest codewords, the
+quantizers q_k of the thesis. k-means is fitted with faiss (on the GPU when faiss sees one).
+Codebooks are saved with safetensors (no pickle) with their metadata as JSON.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .e8 import E8Lattice
+from .patches import from_position_vectors, per_position_vectors
+
+#: codebook kinds: name -> one-line description (for error messages and docs)
+KINDS = {"pq": "product quantization, one k-means codebook per slice",
+         "universal": "one k-means codebook shared by all slices",
+         "e8": "E8 lattice (d = 8, scale s), no training"}
+_SEARCH_BLOCK = 1 << 24     # scores computed per chunk: m * chunk * K floats
+_RERANK = 4                 # candidates re-scored exactly (robust to rounding in the matmul trick)
+
+
+def check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown codebook {kind!r}; valid: {', '.join(KINDS)}")
+
+
+class Codebook(nn.Module):
+    """A quantizer per slice; ``quantize(patches [m, N, dim]) -> nearest codewords``, same shape."""
+
+    kind: ClassVar[str] = ""
+
+    def quantize(self, patches: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def meta(self) -> dict[str, Any]:
+        """JSON-serialisable description (stored beside the tensors)."""
+        raise NotImplementedError
+
+
+class PQCodebook(Codebook):
+    """k-means codewords ``centroids [m, K, dim]`` (PQ: one per slice) or ``[1, K, dim]`` (universal)."""
+
+    def __init__(self, centroids: Tensor, universal: bool = False) -> None:
+        super().__init__()
+        if centroids.dim() != 3 or (universal and centroids.shape[0] != 1):
+            raise ValueError(f"centroids must be [slices, K, dim] ([1, K, dim] if universal), "
+                             f"got {tuple(centroids.shape)}")
+        self.kind = "universal" if universal else "pq"
+        self.register_buffer("centroids", centroids.detach().float().contiguous())
+
+    @property
+    def K(self) -> int:
+        return self.centroids.shape[1]
+
+    def meta(self) -> dict[str, Any]:
+        m, k, dim = self.centroids.shape
+        return {"kind": self.kind, "K": k, "slices": m, "dim": dim}
+
+    def quantize(self, patches: Tensor) -> Tensor:
+        """Nearest codeword of each patch in its slice's codebook (exact L2 nearest neighbour)."""
+        m, n, dim = patches.shape
+        cb = self.centroids.to(patches.dtype)
+        if cb.shape[2] != dim or cb.shape[0] not in (1, m):
+            raise ValueError(f"codebook of shape {tuple(cb.shape)} does not fit patches {tuple(patches.shape)}")
+        cb = cb.expand(m, -1, -1)
+        c2 = cb.pow(2).sum(-1).unsqueeze(1)                        # [m, 1, K]
+        r = min(_RERANK, cb.shape[1])
+        rows = torch.arange(m, device=patches.device).view(m, 1, 1)
+        chunk = max(1, _SEARCH_BLOCK // (m * cb.shape[1]))
+        out = torch.empty_like(patches)
+        for s in range(0, n, chunk):
+            p = patches[:, s:s + chunk]
+            scores = torch.baddbmm(c2, p, cb.transpose(1, 2), alpha=-2.0)   # ||c||^2 - 2 p.c
+            cand = cb[rows, scores.topk(r, dim=-1, largest=False).indices]  # [m, n, r, dim]
+            best = (cand - p.unsqueeze(2)).pow(2).sum(-1).argmin(-1)        # exact re-scoring
+            out[:, s:s + chunk] = cand.gather(2, best[..., None, None].expand(-1, -1, 1, dim)).squeeze(2)
+        return out
+
+
+class E8Codebook(Codebook):
+    """Each depth-8 vector of a patch replaced by its nearest point of ``scale * E8``."""
+
+    kind = "e8"
+
+    def __init__(self, scale: float = 1.0, d: int = 8) -> None:
+        super().__init__()
+        if d != 8:
+            raise ValueError(f"the E8 codebook needs slices of depth d = 8, got d = {d}")
+        self.lattice = E8Lattice(scale)
+
+    def meta(self) -> dict[str, Any]:
+        return {"kind": "e8", "scale": self.lattice.scale}
+
+    def quantize(self, patches: Tensor) -> Tensor:
+        return from_position_vectors(self.lattice.quantize(per_position_vectors(patches, 8)))
+
+
+def fit_kmeans(patches: Tensor, K: int, universal: bool = False, niter: int = 20, seed: int = 0,
+               gpu: bool | None = None) -> PQCodebook:
+    """Fit a PQ (per slice) or universal k-means codebook of ``K`` codewords with faiss.
+
+    Args:
+        patches: training patches ``[m, N, dim]`` from the clean training set.
+        gpu: use faiss' GPU k-means; default: when faiss sees a GPU.
+    """
+    import faiss
+
+    m, n, dim = patches.shape
+    data = patches.reshape(1, m * n, dim) if universal else patches
+    available = data.shape[1]
+    if not isinstance(K, int) or K < 1:
+        raise ValueError(f"K (codewords) must be a positive integer, got {K!r}")
+    if K > available:
+        raise ValueError(f"K={K} codewords exceed the number of training patches ({available} "
+                         f"{'in all' if universal else 'per slice'}): lower K or collect more patches")
+    if gpu is None:
+        gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+    cents = []
+    for k in range(data.shape[0]):
+        x = np.ascontiguousarray(data[k].detach().float().cpu().numpy())
+        km = faiss.Kmeans(dim, K, niter=niter, seed=seed + k, gpu=bool(gpu), verbose=False)
+        km.train(x)
+        cents.append(torch.from_numpy(km.centroids.copy()).view(K, dim))
+    return PQCodebook(torch.stack(cents), universal=universal)
+
+
+def build_codebook(meta: dict[str, Any], tensors: dict[str, Tensor], d: int) -> Codebook:
+    """Rebuild a codebook from its saved ``meta`` and tensors."""
+    if meta["kind"] == "e8":
+        return E8Codebook(scale=meta["scale"], d=d)
+    return PQCodebook(tensors["centroids"], universal=meta["kind"] == "universal")
+
+
+def save_safetensors(path: str | Path, tensors: dict[str, Tensor], header: dict[str, Any]) -> Path:
+    """Write ``tensors`` with ``header`` (JSON) as safetensors metadata; atomic replace."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={"advtrain": json.dumps(header)})
+    tmp.replace(path)
+    return path
+
+
+def load_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read what :func:`save_safetensors` wrote: (tensors, header)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"codebook file not found: {path}")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if "advtrain" not in meta:
+            raise ValueError(f"{path} is not an advtrain codebook file (no 'advtrain' metadata)")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return tensors, json.loads(meta["advtrain"])

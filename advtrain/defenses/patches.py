@@ -1,0 +1,123 @@
+"""Features, slices and patches (thesis 6.3.1) and their reconstruction (thesis 6.3.4).
+
+A feature map ``F [B, D, H, W]`` is cut along channels into m = D/d slices of depth d, and each
+slice into (2a+1)x(2a+1) patches centred on a grid of stride c (overlapping when c < 2a+1).
+Borders are replicate-padded so that the grid covers every position. Reconstruction folds the
+patches back and averages overlapping values (F.fold of the patches / F.fold of ones), crops the
+padding and concatenates the slices: with unchanged patches it is the identity.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _check_int(name: str, value: int, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """Patch half-size ``a`` (patches are (2a+1)x(2a+1)), stride ``c``, slice depth ``d``."""
+
+    a: int = 1
+    c: int = 1
+    d: int = 1
+
+    def __post_init__(self) -> None:
+        _check_int("a (patch half-size)", self.a, 0)
+        _check_int("c (stride)", self.c, 1)
+        _check_int("d (slice depth)", self.d, 1)
+        if self.c > self.k:
+            raise ValueError(f"stride c={self.c} must be <= 2a+1={self.k}, else patches leave gaps")
+
+    @property
+    def k(self) -> int:
+        """Patch side 2a+1."""
+        return 2 * self.a + 1
+
+    @property
+    def overlapping(self) -> bool:
+        return self.c < self.k
+
+    def dim(self) -> int:
+        """Length of a patch vector: d (2a+1)^2, laid out (depth, row, column)."""
+        return self.d * self.k * self.k
+
+    def slices(self, channels: int) -> int:
+        """m = D / d; ``d`` must divide the channel count."""
+        if channels % self.d != 0:
+            divisors = [q for q in range(1, channels + 1) if channels % q == 0]
+            raise ValueError(f"slice depth d={self.d} does not divide the channel count D={channels}; "
+                             f"valid d: {divisors}")
+        return channels // self.d
+
+    def padding(self, size: int) -> tuple[int, int]:
+        """(before, after) padding so that patches of side k at stride c cover ``size`` positions."""
+        n = max(1, math.ceil((size - self.k) / self.c) + 1)
+        total = (n - 1) * self.c + self.k - size
+        return total // 2, total - total // 2
+
+
+@dataclass(frozen=True)
+class PatchLayout:
+    """What :func:`fold_patches` needs to rebuild the feature map from its patches."""
+
+    shape: tuple[int, int, int, int]       # B, D, H, W of the feature map
+    pad: tuple[int, int, int, int]          # left, right, top, bottom
+    geometry: PatchGeometry
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        _, _, h, w = self.shape
+        return h + self.pad[2] + self.pad[3], w + self.pad[0] + self.pad[1]
+
+
+def extract_patches(feat: Tensor, geom: PatchGeometry) -> tuple[Tensor, PatchLayout]:
+    """Cut ``feat [B, D, H, W]`` into patches ``[m, B*L, d*(2a+1)^2]`` (one row per patch per slice).
+
+    Slice k holds channels k*d .. (k+1)*d - 1 (thesis 6.3.1); L is the number of grid positions.
+    """
+    if feat.dim() != 4:
+        raise ValueError(f"patch replacement works on NCHW feature maps, got shape {tuple(feat.shape)}")
+    b, ch, h, w = feat.shape
+    m = geom.slices(ch)
+    top, bottom = geom.padding(h)
+    left, right = geom.padding(w)
+    pad = (left, right, top, bottom)
+    x = feat.reshape(b * m, geom.d, h, w)
+    if any(pad):
+        x = F.pad(x, pad, mode="replicate")
+    cols = F.unfold(x, kernel_size=geom.k, stride=geom.c)           # [B*m, dim, L]
+    cols = cols.view(b, m, geom.dim(), -1).permute(1, 0, 3, 2)      # [m, B, L, dim]
+    return cols.reshape(m, -1, geom.dim()), PatchLayout((b, ch, h, w), pad, geom)
+
+
+def fold_patches(patches: Tensor, layout: PatchLayout) -> Tensor:
+    """Inverse of :func:`extract_patches`: overlapping values averaged, slices concatenated."""
+    b, ch, h, w = layout.shape
+    geom = layout.geometry
+    m = ch // geom.d
+    hp, wp = layout.padded_hw
+    cols = patches.reshape(m, b, -1, geom.dim()).permute(1, 0, 3, 2).reshape(b * m, geom.dim(), -1)
+    summed = F.fold(cols, output_size=(hp, wp), kernel_size=geom.k, stride=geom.c)
+    ones = torch.ones(1, geom.dim(), cols.shape[-1], dtype=cols.dtype, device=cols.device)
+    counts = F.fold(ones, output_size=(hp, wp), kernel_size=geom.k, stride=geom.c)
+    out = (summed / counts).view(b, ch, hp, wp)
+    left, _, top, _ = layout.pad
+    return out[:, :, top:top + h, left:left + w]
+
+
+def per_position_vectors(patches: Tensor, d: int) -> Tensor:
+    """View patch rows ``[..., d*k*k]`` as their depth-d vectors ``[..., k*k, d]`` (for E8, d = 8)."""
+    return patches.unflatten(-1, (d, -1)).transpose(-1, -2)
+
+
+def from_position_vectors(vectors: Tensor) -> Tensor:
+    """Inverse of :func:`per_position_vectors`."""
+    return vectors.transpose(-1, -2).flatten(-2)
