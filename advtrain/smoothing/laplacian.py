@@ -1,0 +1,25 @@
+"""Regularized Laplacian L_alpha = (I - alpha W_norm) / (1 - alpha) (thesis eq. 4.3)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .graph import ImageGraph
+
+
+def check_alpha(alpha: float) -> None:
+    """alpha in [0, 1): 0 is the all-pass filter, -> 1 a strict low-pass (thesis 4.2)."""
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must lie in [0, 1), got {alpha}")
+
+
+def laplacian_matvec(graph: ImageGraph, alpha: float, v: Tensor) -> Tensor:
+    """L_alpha v for ``v`` [B, C, H, W], matrix-free (eq. 4.3)."""
+    return (v - alpha * graph.adjacency_matvec(v)) / (1.0 - alpha)
+
+
+def dense_laplacian(graph: ImageGraph, alpha: float) -> Tensor:
+    """L_alpha as a dense [B, n, n] matrix (eq. 4.3)."""
+    adj = graph.dense_adjacency()
+    eye = torch.eye(adj.shape[-1], dtype=adj.dtype, device=adj.device)
+    return (eye - alpha * adj) / (1.0 - alpha)
