@@ -1,0 +1,155 @@
+"""Outputs of an evaluation: report.md (the table), curves.png (operating characteristics, thesis
+Fig. 5.4 style), examples.png (original / adversarial / perturbation of the worst cases), wandb."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+VARIANT_TITLE = {"quantized": "with 8-bit quantization", "unquantized": "without quantization"}
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def table_rows(results: dict, variant: str) -> list[dict]:
+    """One row per attack (and the worst case) for ``variant``: the numbers of report.md / wandb."""
+    rows = []
+    for label, e in results["attacks"].items():
+        if e.get("status") != "done":
+            rows.append({"attack": label, "error": e.get("error")})
+            continue
+        s = e[variant]
+        rows.append({"attack": label, "grads": e["grads"], "p_suc": s["p_suc"], "d_bar": s["d_bar"],
+                     "d_median": s["d_median"], "p_upp": s["p_upp"], "linf_mean": s["linf_mean"],
+                     "zero_grad_rate": e["zero_grad_rate"], "time_s": e.get("time_s")})
+    wc = results.get("worst_case", {}).get(variant)
+    if wc:
+        rows.append({"attack": "worst case (suite)", "p_suc": wc["p_suc"], "d_bar": wc["d_bar"],
+                     "d_median": wc["d_median"], "p_upp": wc["p_upp"]})
+    return rows
+
+
+def variants_of(results: dict) -> list[str]:
+    return [v for v in ("quantized", "unquantized") if v in results.get("worst_case", {})
+            or any(v in e for e in results["attacks"].values())]
+
+
+def write_report(results: dict, path: str | Path) -> None:
+    """report.md: context, one table per quantization variant (thesis Table 5.2 columns), warnings."""
+    c = results["context"]
+    d_upp = c["d_upp"]
+    lines = ["# Robustness evaluation", ""]
+    for key in ("checkpoint", "model", "dataset"):
+        if key in c:
+            lines.append(f"- {key}: `{c[key]}`")
+    lines.append(f"- test images N' = {c['n_prime']}, correctly classified N = {c.get('n')} "
+                 f"(accuracy {_fmt(c.get('accuracy'), 4)})")
+    if c.get("defenses"):
+        lines.append(f"- defenses: {', '.join(c['defenses'])}; attacks see: **{c['view']}**")
+        lines.append(f"- attacked through BPDA (identity backward): {', '.join(c['bpda_approximated']) or 'none'}")
+    lines += [f"- D_upp = {d_upp} (P_upp = P(D_upp)); distortions are L2 in [0, 1] pixel units", ""]
+    for v in variants_of(results):
+        lines += [f"## {VARIANT_TITLE[v]}", "",
+                  "| attack | # grads | P_suc | D-bar | median D | P_upp | mean Linf | zero-grad | time (s) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in table_rows(results, v):
+            if "error" in r:
+                lines.append(f"| {r['attack']} | crashed: {r['error']} |||||||| ")
+                continue
+            lines.append(f"| {r['attack']} | {_fmt(r.get('grads'), 1)} | {_fmt(r['p_suc'])} | {_fmt(r['d_bar'])} | "
+                         f"{_fmt(r['d_median'])} | {_fmt(r['p_upp'])} | {_fmt(r.get('linf_mean'), 3)} | "
+                         f"{_fmt(r.get('zero_grad_rate'))} | {_fmt(r.get('time_s'), 1)} |")
+        lines.append("")
+    warns = results.get("warnings") or []
+    lines += ["## Sanity checks (gradient masking)", ""] + ([f"- WARNING: {w}" for w in warns] or ["- all passed"])
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def plot_curves(results: dict, path: str | Path) -> None:
+    """curves.png: P(D) per attack (and the suite's worst case), one panel per quantization variant."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = variants_of(results)
+    fig, axes = plt.subplots(1, len(variants), figsize=(6 * len(variants), 4.5), squeeze=False)
+    d_upp = results["context"]["d_upp"]
+    for ax, v in zip(axes[0], variants):
+        curves = {k: e[v]["curve"] for k, e in results["attacks"].items() if e.get("status") == "done"}
+        if v in results.get("worst_case", {}):
+            curves["worst case"] = results["worst_case"][v]["curve"]
+        d_end = max([max(c["d"]) for c in curves.values()] + [d_upp])
+        for label, c in curves.items():
+            d, p = list(c["d"]) + [d_end], list(c["p"]) + [c["p"][-1]]  # flat after D_max
+            ax.plot(d, p, label=label, lw=2.5 if label == "worst case" else 1.5,
+                    ls="--" if label == "worst case" else "-")
+        ax.axvline(d_upp, color="gray", lw=0.8, ls=":")
+        ax.set(xlabel="distortion D (L2)", ylabel="P(D)", title=VARIANT_TITLE[v], ylim=(0, 1.02), xlim=(0, d_end))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _perturbation_image(x: Tensor, x_adv: Tensor) -> Tensor:
+    """Magnified perturbation (``magnify.py``, thesis 4.5) when available, else scaled to [0, 1]."""
+    try:
+        from . import magnify
+        fn = getattr(magnify, "magnify", None) or getattr(magnify, "adversarial_magnification")
+        return fn(x[None], x_adv[None])[0].clamp(0, 1)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        delta = x_adv - x
+        return (0.5 + delta / (2 * delta.abs().max().clamp_min(1e-12))).clamp(0, 1)
+
+
+def plot_examples(examples: list[dict], path: str | Path) -> None:
+    """examples.png: rows = worst cases (least distortion over the suite), columns = original,
+    adversarial, perturbation."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = max(len(examples), 1)
+    fig, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, ex in enumerate(examples):
+        x, x_adv = ex["x"].float(), ex["x_adv"].float()
+        for c, (img, title) in enumerate([(x, f"#{ex['index']}"), (x_adv, f"{ex['attack']} D={ex['l2']:.2f}"),
+                                          (_perturbation_image(x, x_adv), "perturbation")]):
+            arr = img.permute(1, 2, 0).squeeze(-1).numpy()
+            axes[r, c].imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1)
+            axes[r, c].set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def log_wandb(results: dict, out_dir: str | Path, project: str = "advtrain-eval") -> None:
+    """The table (one row per attack and variant) and the curves to wandb (offline unless
+    WANDB_MODE says otherwise)."""
+    import os
+
+    import wandb
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    run = wandb.init(project=project, dir=str(out_dir), config=results["context"] | {"indices": None},
+                     job_type="evaluation")
+    cols = ["variant", "attack", "grads", "p_suc", "d_bar", "d_median", "p_upp", "linf_mean", "time_s"]
+    table = wandb.Table(columns=cols)
+    for v in variants_of(results):
+        for r in table_rows(results, v):
+            table.add_data(v, *[r.get(k) for k in cols[1:]])
+    run.log({"robustness": table, "curves": wandb.Image(str(Path(out_dir) / "curves.png"))})
+    for v in variants_of(results):
+        for k, e in results["attacks"].items():
+            if e.get("status") == "done":
+                data = [[d, p] for d, p in zip(e[v]["curve"]["d"], e[v]["curve"]["p"])]
+                run.log({f"P(D)/{v}/{k}": wandb.plot.line(wandb.Table(data=data, columns=["D", "P"]), "D", "P",
+                                                           title=f"P(D) {k} ({v})")})
+    run.finish()

@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""Evaluate a train.py checkpoint against an attack suite (thesis 3.3.2 / 5.3 protocol).
+
+    python evaluate.py --ckpt runs/demo/last.ckpt                       # full suite, 1000 images (or all)
+    python evaluate.py --ckpt CKPT --suite quick --n 500 --out runs/demo/eval
+    python evaluate.py --ckpt CKPT --defense bit_depth:bits=3 --defense median:size=2   # BPDA by default
+    python evaluate.py --ckpt CKPT --defense median:size=3 --view blackbox   # attacks ignore the defense
+    python evaluate.py --ckpt CKPT --procs 2                             # shard over 2 processes (gloo)
+    torchrun --nproc_per_node 2 evaluate.py --ckpt CKPT                  # same, launched by torchrun
+
+Writes results.json (rewritten after every attack; a rerun skips finished attacks), report.md,
+curves.png and examples.png to --out (default: <checkpoint folder>/eval).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+
+os.environ.setdefault("WANDB_MODE", "offline")
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import yaml  # noqa: E402
+from torch.utils.data import DataLoader, Subset  # noqa: E402
+
+from advtrain.cli import run_with_clean_errors  # noqa: E402
+from advtrain.data import NamedDataModule  # noqa: E402
+from advtrain.defenses import build_defense  # noqa: E402
+from advtrain.defenses.defended import ATTACK_VIEWS, Defended  # noqa: E402
+from advtrain.evaluation import load_suite, run_suite  # noqa: E402
+from advtrain.evaluation.checkpoint import load_checkpoint  # noqa: E402
+from advtrain.evaluation.distributed import dist_info  # noqa: E402
+from advtrain.evaluation.report import log_wandb, plot_curves, plot_examples, write_report  # noqa: E402
+
+DEFAULT_N = 1000
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", required=True, help="a train.py checkpoint (loaded with weights_only=True)")
+    p.add_argument("--defense", action="append", default=[], metavar="NAME[:k=v,...]",
+                   help="input defense in front of the classifier (repeat to compose, in order)")
+    p.add_argument("--view", choices=ATTACK_VIEWS, default="bpda",
+                   help="with defenses: bpda (default), direct (no BPDA) or blackbox (attacks see the bare model)")
+    p.add_argument("--suite", default="full", help="full (default), quick, a name in configs/suites or a YAML file")
+    p.add_argument("--data", default=None, help="dataset name (default: the checkpoint's)")
+    p.add_argument("--data-root", default=None, help="dataset root folder")
+    p.add_argument("--n", type=int, default=None, help=f"test images N' (default {DEFAULT_N} or the whole test set)")
+    p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/eval)")
+    p.add_argument("--quantize", choices=("both", "yes", "no"), default="both",
+                   help="score 8-bit quantized adversarial images, real-valued ones, or both (default)")
+    p.add_argument("--d-upp", type=float, default=None, help="D_upp of P_upp (default per dataset)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--logger", choices=("none", "wandb"), default="none")
+    p.add_argument("--procs", type=int, default=1, help="processes to shard the test set over (gloo)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.procs < 1:
+        raise ValueError(f"--procs must be >= 1, got {args.procs}")
+    return args
+
+
+def parse_defense(text: str) -> torch.nn.Module:
+    """``median:size=3`` -> build_defense("median", size=3) (values parsed as YAML scalars)."""
+    name, _, opts = text.partition(":")
+    options = {}
+    for item in filter(None, opts.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--defense {text!r}: options are NAME:key=value,key=value")
+        options[key.strip()] = yaml.safe_load(value)
+    return build_defense(name.strip(), **options)
+
+
+def prepare(args: argparse.Namespace) -> dict:
+    """Everything a worker needs, validated up front so user errors are one clear line."""
+    model, hp, dm_hp = load_checkpoint(args.ckpt)
+    defenses = [parse_defense(d) for d in args.defense]
+    dataset = args.data or dm_hp.get("dataset") or "mnist_embedded"
+    same = dataset == dm_hp.get("dataset")
+    dm = NamedDataModule(dataset=dataset, root=args.data_root or (dm_hp.get("root") if same else None),
+                         image_size=dm_hp.get("image_size") if same else None, batch_size=args.batch_size)
+    dm.setup("test")
+    test_set = dm.inner.test_set
+    n = args.n if args.n is not None else min(DEFAULT_N, len(test_set))
+    if n > len(test_set):
+        raise ValueError(f"--n {n} is larger than the test set of {dataset} ({len(test_set)} images)")
+    load_suite(args.suite, dataset)  # validate names and options before any work
+    out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent / "eval"
+    return {"model": Defended(model, *defenses) if defenses else model, "dataset": dataset,
+            "loader": DataLoader(Subset(test_set, range(n)), batch_size=args.batch_size), "n": n, "out": out,
+            "context": {"checkpoint": str(Path(args.ckpt).resolve()), "model": hp["model"]}}
+
+
+def evaluate(args: argparse.Namespace, job: dict) -> dict:
+    rank, world = dist_info()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    results = run_suite(job["model"], job["loader"], args.suite, dataset=job["dataset"], d_upp=args.d_upp,
+                        quantize=args.quantize, view=args.view, n=job["n"], batch_size=args.batch_size,
+                        seed=args.seed, out_dir=job["out"], context=job["context"],
+                        progress=not args.no_progress)
+    if rank == 0:
+        out = job["out"]
+        write_report(results, out / "report.md")
+        plot_curves(results, out / "curves.png")
+        examples = torch.load(out / "examples.pt", weights_only=True) if (out / "examples.pt").is_file() else []
+        plot_examples(examples, out / "examples.png")
+        if args.logger == "wandb":
+            log_wandb(results, out)
+        print((out / "report.md").read_text())
+        print(f"results: {out}/results.json, report.md, curves.png, examples.png")
+    return results
+
+
+def _worker(rank: int, world: int, port: int, argv: list[str]) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        args = parse_args(argv)
+        evaluate(args, prepare(args))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    job = prepare(args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # launched by torchrun
+        dist.init_process_group("gloo")
+        try:
+            evaluate(args, job)
+        finally:
+            dist.destroy_process_group()
+    elif args.procs > 1:
+        torch.multiprocessing.spawn(_worker, args=(args.procs, _free_port(), argv), nprocs=args.procs)
+    else:
+        evaluate(args, job)
+
+
+if __name__ == "__main__":
+    run_with_clean_errors(main, "evaluate.py")
