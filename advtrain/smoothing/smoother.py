@@ -30,12 +30,22 @@ def default_alpha(height: int, width: int) -> float:
     return 0.95 if height * width <= DENSE_MAX_PIXELS else 0.997
 
 
+def check_smoothing_options(alpha: float | None, solver: str, iters: int) -> None:
+    """Validate the options shared by the smoother and the smooth attacks (qPGD2, sC&W)."""
+    if alpha is not None:
+        check_alpha(alpha)
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
+    if iters < 1:
+        raise ValueError(f"CG iterations must be >= 1, got {iters}")
+
+
 class LaplacianSmoother:
     """s-hat_alpha(z) = diag(s_alpha(1_n))^{-1} L_alpha^{-1} z, guided by ``x_o`` (eq. 4.4-4.5).
 
     Args:
         x_o: guide images [B, d, H, W] in [0, 1]; each image gets its own graph (eq. 4.1).
-        alpha: smoothing strength in [0, 1); 0 is the identity.
+        alpha: smoothing strength in [0, 1); 0 is the identity; None: ``default_alpha`` by size.
         solver: "dense" (pre-computed inverse), "cg" (matrix-free conjugate gradient) or "auto"
             (dense up to ``DENSE_MAX_PIXELS`` pixels, CG above).
         iters: CG iterations (fixed count, thesis 4.4.1: 50).
@@ -45,13 +55,12 @@ class LaplacianSmoother:
     s-hat_alpha(z), differentiable in z through a custom backward.
     """
 
-    def __init__(self, x_o: Tensor, alpha: float = 0.95, solver: str = "auto", iters: int = 50,
+    def __init__(self, x_o: Tensor, alpha: float | None = 0.95, solver: str = "auto", iters: int = 50,
                  **graph_options) -> None:
-        check_alpha(alpha)
-        if solver not in SOLVERS:
-            raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
+        check_smoothing_options(alpha, solver, iters)
         self.graph: ImageGraph = image_graph(x_o, **graph_options)
         b, h, w = self.graph.shape
+        alpha = default_alpha(h, w) if alpha is None else alpha
         if solver == "auto":
             solver = "dense" if h * w <= DENSE_MAX_PIXELS else "cg"
         self.alpha, self.solver_name = float(alpha), solver
