@@ -19,24 +19,27 @@ def quantize_step(y: Tensor, d: Tensor, beta: Tensor) -> Tensor:
     return quantize_8bit(clip_box(y + view_as_batch(beta, y) * d))
 
 
-def q_out(z: Tensor, y: Tensor, iters: int = 8, log2_range: tuple[float, float] = (-3.0, 6.0)) -> Tensor:
+def q_out(z: Tensor, y: Tensor, x: Tensor, iters: int = 8, beta_max: float = 2.0) -> Tensor:
     """Q_OUT(z, y) = Q(y + beta_OUT (z - y)) (thesis eq. 5.7).
 
-    beta_OUT is the smallest scale whose quantized step keeps the norm of the real step,
-    ||Q(y + beta (z - y)) - y|| >= ||z - y||, found by a batched bisection on log2(beta)
-    (``iters`` steps over ``log2_range``; elementwise ops only, no forward pass). The quantized
-    step norm is non-decreasing in beta when y is on the 8-bit grid, so bisection applies.
+    beta_OUT is the scale for which the quantized iterate keeps the distortion eps = ||z - x||
+    that case OUT imposes: the least beta in [0, ``beta_max``] with ||Q(y + beta (z - y)) - x||
+    <= ||z - x||, found by a batched bisection (``iters`` steps, elementwise ops only, no forward
+    pass). The distortion decreases along the step near beta = 1 (z is the point of the sphere
+    S[x; eps] closest to y); where the bisection ends above the target, beta = 1 (plain rounding).
     """
     d = z - y
-    target = l2_norm(d)
-    lo = torch.full_like(target, log2_range[0])
-    hi = torch.full_like(target, log2_range[1])
+    target = l2_norm(z - x)
+    lo = torch.zeros_like(target)
+    hi = torch.full_like(target, beta_max)
     for _ in range(iters):
         mid = (lo + hi) / 2
-        reached = l2_norm(quantize_step(y, d, torch.exp2(mid)) - y) >= target
-        hi = torch.where(reached, mid, hi)
-        lo = torch.where(reached, lo, mid)
-    return quantize_step(y, d, torch.exp2(hi))
+        above = l2_norm(quantize_step(y, d, mid) - x) > target
+        lo = torch.where(above, mid, lo)
+        hi = torch.where(above, hi, mid)
+    out = quantize_step(y, d, hi)
+    missed = view_as_batch(l2_norm(out - x) > target, y)
+    return torch.where(missed, quantize_step(y, d, torch.ones_like(hi)), out)
 
 
 def q_in(z: Tensor, y: Tensor, beta_min: float) -> Tensor:
@@ -59,9 +62,12 @@ class BP(Attack):
     gamma_i follows eq. 5.1. Every sample has its own stage and case (``torch.where`` masks).
     Without ``quantize`` the steps are only clipped to [0, 1] (Q_OUT, Q_IN are identities).
 
-    Loss: ``ce_difference`` (thesis eq. 2.8 / 2.7 targeted), the log-probability gap, by default:
-    its zero level set is the class boundary, so the tangent hyperplane of eq. 5.3 follows the
-    boundary. It gave lower distortion than cross-entropy on the trained C4 (see the tests).
+    Loss: ``ce``, the negative cross-entropy of the true class (the l_g term of thesis eq. 2.6;
+    cross-entropy of the target when targeted), by default: on the trained C4 (246 correctly
+    classified test images, 20 steps, quantized) its mean L2 was 1.31 against 1.34 with the
+    log-probability gap ``ce_difference`` (eq. 2.8), both at success rate 1.
+    Q_OUT keeps the distortion ||z - x|| of case OUT (our reading of eq. 5.7, whose ||z|| stands
+    for a distortion); keeping the step norm ||z - y|| instead gave mean L2 1.32.
     Returns per sample the successful iterate of least L2 (the final iterate included).
 
     Cost: ``steps`` forward+backward passes, one forward on the last iterate, and a few
@@ -70,7 +76,7 @@ class BP(Attack):
 
     name = "bp"
     family = "success"
-    default_loss = "ce_difference"
+    default_loss = "ce"
 
     def __init__(self, steps: int = 20, alpha: float = 2.0, gamma_min: float = 0.7,
                  beta_min: float = 0.1, line_search_steps: int = 8, **kw) -> None:
@@ -103,7 +109,7 @@ class BP(Attack):
             z_out, z_in = self._stage2_targets(x, y, g_hat, gamma)
             if self.quantize:
                 y_stage1 = quantize_8bit(clip_box(y_stage1))
-                y_out, y_in = q_out(z_out, y, self.line_search_steps), q_in(z_in, y, self.beta_min)
+                y_out, y_in = q_out(z_out, y, x, self.line_search_steps), q_in(z_in, y, self.beta_min)
             else:
                 y_stage1, y_out, y_in = clip_box(y_stage1), clip_box(z_out), clip_box(z_in)
             stage2, out = view_as_batch(best.found, y), view_as_batch(adv, y)

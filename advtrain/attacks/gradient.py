@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from .base import Attack, AttackContext, check_positive
+from .losses import is_adversarial
 from .norms import clip_box, normalize_l2, project_l2, project_linf, view_as_batch
 from .registry import register_attack
 
@@ -29,8 +30,9 @@ class FGSM(Attack):
 class _Iterative(Attack):
     """Shared loop of I-FGSM and PGD: step, project, optional random start and early stop.
 
-    ``early_stop`` freezes samples once adversarial (their iterate is kept); the loop ends when
-    every sample is adversarial. Training uses ``early_stop=False`` (Madry's PGD).
+    ``early_stop`` freezes samples once adversarial (their iterate is kept) and drops them from
+    the batch's gradient work; the loop ends when every sample is adversarial. Training uses
+    ``early_stop=False`` (Madry's PGD).
     """
 
     def __init__(self, eps: float, steps: int = 20, alpha: float | None = None,
@@ -61,15 +63,21 @@ class _Iterative(Attack):
     def _run(self, ctx: AttackContext) -> Tensor:
         x = ctx.x
         y = self._random_init(x) if self.random_start else x.clone()
-        active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        if not self.early_stop:
+            for _ in range(self.steps):
+                _, _, g = ctx.loss_and_grad(y)
+                y = self._project(y - self.alpha * self._step(g), x)
+            return self._finish(y)
+        active = torch.arange(x.shape[0], device=x.device)  # samples not yet adversarial
         for _ in range(self.steps):
-            logits, _, g = ctx.loss_and_grad(y)
-            if self.early_stop:
-                active &= ~ctx.is_adv(logits)
-                if not bool(active.any()):
-                    break
-            y_new = self._project(y - self.alpha * self._step(g), x)
-            y = torch.where(view_as_batch(active, y), y_new, y) if self.early_stop else y_new
+            labels = ctx.y[active]
+            targets = None if ctx.targets is None else ctx.targets[active]
+            logits, _, g = ctx.loss_and_grad(y[active], lambda out, *_: ctx.loss_fn(out, labels, targets))
+            keep = ~is_adversarial(logits, labels, targets)  # adversarial samples leave the batch
+            active, g = active[keep], g[keep]
+            if active.numel() == 0:
+                break
+            y[active] = self._project(y[active] - self.alpha * self._step(g), x[active])
         return self._finish(y)
 
 
