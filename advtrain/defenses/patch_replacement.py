@@ -155,6 +155,8 @@ class LayerReplacement(nn.Module):
         patches, layout = extract_patches(feat, cfg.geometry)
         with torch.no_grad():
             q = self.codebook.quantize(patches.detach())
+        if patches.requires_grad:  # constant codewords, kept in the graph: a zero gradient, not an error
+            q = q + 0.0 * patches
         out = fold_patches(get_strategy(cfg.strategy, cfg.eps)(patches, q), layout)
         return out.clamp(0.0, 1.0) if cfg.layer == IMAGE else out
 

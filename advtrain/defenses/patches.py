@@ -105,10 +105,12 @@ def fold_patches(patches: Tensor, layout: PatchLayout) -> Tensor:
     m = ch // geom.d
     hp, wp = layout.padded_hw
     cols = patches.reshape(m, b, -1, geom.dim()).permute(1, 0, 3, 2).reshape(b * m, geom.dim(), -1)
+    if geom.overlapping:  # average in float64: the mean of equal float32 copies is then exact
+        cols = cols.double()
     summed = F.fold(cols, output_size=(hp, wp), kernel_size=geom.k, stride=geom.c)
     ones = torch.ones(1, geom.dim(), cols.shape[-1], dtype=cols.dtype, device=cols.device)
     counts = F.fold(ones, output_size=(hp, wp), kernel_size=geom.k, stride=geom.c)
-    out = (summed / counts).view(b, ch, hp, wp)
+    out = (summed / counts).to(patches.dtype).view(b, ch, hp, wp)
     left, _, top, _ = layout.pad
     return out[:, :, top:top + h, left:left + w]
 
