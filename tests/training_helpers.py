@@ -5,10 +5,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 
 from advtrain.data import NamedDataModule
 from advtrain.training import AdversarialTrainingModule
+from advtrain.training.checkpoint import ResumableCheckpoint
 
 #: a quick adversarial recipe: PGD2 with a random start (so resume must restore the RNG), cosine lr
 QUICK = dict(attack="pgd_l2", attack_options={"eps": 1.0, "steps": 2, "random_start": True},
@@ -17,14 +18,14 @@ QUICK = dict(attack="pgd_l2", attack_options={"eps": 1.0, "steps": 2, "random_st
 
 
 def quick_fit(root: Path, module_kw: dict[str, Any] | None = None, callbacks: Sequence[Callback] = (),
-              ckpt_path: str | None = None, max_epochs: int = 3, batches: int = 8, **trainer_kw: Any):
+              ckpt_path: str | None = None, max_epochs: int = 3, batches: int = 8,
+              val_batches: int | float = 1, **trainer_kw: Any):
     """Fit C4 on ``batches`` batches per epoch of the embedded MNIST; returns (module, trainer)."""
     pl.seed_everything(0, verbose=False)
     module = AdversarialTrainingModule(**{**QUICK, **(module_kw or {})})
     dm = NamedDataModule("mnist_embedded", batch_size=32, eval_batch_size=64)
-    ckpt = ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=3, save_top_k=-1,
-                           filename="step{step}")
-    trainer = pl.Trainer(max_epochs=max_epochs, limit_train_batches=batches, limit_val_batches=1,
+    ckpt = ResumableCheckpoint(dirpath=root, every_n_train_steps=3)
+    trainer = pl.Trainer(max_epochs=max_epochs, limit_train_batches=batches, limit_val_batches=val_batches,
                          logger=False, deterministic=True, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0,
                          callbacks=[*callbacks, ckpt], default_root_dir=root, **trainer_kw)

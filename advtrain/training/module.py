@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..models import build_model
 from .inner_attack import adversarial_loss, build_inner_attack, check_mix, clip_perturbation
-from .optim import build_optimizer
+from .optim import build_optimizer, check_optimizer_options
 from .resume import resumable_loader, rng_state, set_rng_state
 from .robustness_metrics import RobustnessMetrics
 
@@ -61,6 +61,7 @@ class AdversarialTrainingModule(pl.LightningModule):
             raise ValueError(f"clean_epochs must be >= 0, got {clean_epochs}")
         if max_norm is not None and not max_norm > 0:
             raise ValueError(f"max_norm must be > 0 (or null for no clipping), got {max_norm}")
+        check_optimizer_options(optimizer, lr, scheduler, milestones)
         if not d_upp > 0:
             raise ValueError(f"d_upp must be > 0, got {d_upp}")
         self.save_hyperparameters()
