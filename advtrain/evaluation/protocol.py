@@ -188,6 +188,7 @@ def _worst_case(attacks: dict, variants: tuple[str, ...], n: int, d_upp: float, 
         labels = list(done)
         stats = summarize(success, dist, d_upp, points)
         stats["by_attack"] = {lab: int(((best_attack == i) & success).sum()) for i, lab in enumerate(labels)}
+        stats["per_sample"] = {"l2": [d if f else None for d, f in zip(dist.tolist(), success.tolist())]}
         out[v] = stats
     return out
 

@@ -2,6 +2,7 @@
 thesis' settings for the dataset (thesis 5.3.1, Table 5.2: 20-iteration rows)."""
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -138,14 +139,19 @@ def quick_suite(dataset: str = "mnist_embedded", budgets: int = 3, max_steps: in
                 max_search_steps: int = 3) -> list[AttackSpec]:
     """``full`` made cheap (for demos): each eps sweep thinned to ``budgets`` values (first, middle,
     last), iterations capped at ``max_steps`` and C&W-style line searches at ``max_search_steps``."""
+    if budgets < 1:
+        raise ValueError(f"budgets must be >= 1, got {budgets}")
     specs = full_suite(dataset)
     caps = {"steps": max_steps, "search_steps": max_search_steps}
     for s in specs:
         if s.budgets is not None and len(s.budgets) > budgets:
             last = len(s.budgets) - 1
-            s.budgets = sorted({s.budgets[round(i * last / (budgets - 1))] for i in range(budgets)})
+            s.budgets = sorted({s.budgets[round(i * last / max(budgets - 1, 1))] for i in range(budgets)})
+        params = inspect.signature(ATTACKS[s.attack].__init__).parameters
         for k, cap in caps.items():
-            if k in s.options and s.options[k] > cap:
+            default = params[k].default if k in params else None
+            value = s.options.get(k, default)
+            if isinstance(value, int) and value > cap:
                 s.options[k] = cap
     return specs
 
@@ -177,8 +183,10 @@ def parse_suite(entries: Any, where: str = "suite") -> list[AttackSpec]:
 
 
 def load_suite(suite: str | list | Path = "full", dataset: str = "mnist_embedded") -> list[AttackSpec]:
-    """``"full"``, ``"quick"``, a name in ``configs/suites/``, a YAML file, or a list of configs."""
+    """``"full"``, ``"quick"``, a name in ``configs/suites/``, a YAML file, or a list of configs/specs."""
     if isinstance(suite, list):
+        if all(isinstance(s, AttackSpec) for s in suite):
+            return list(suite)
         return parse_suite(suite)
     if str(suite) in BUILTIN_SUITES:
         return BUILTIN_SUITES[str(suite)](dataset)
