@@ -25,8 +25,9 @@ def quick_fit(root: Path, module_kw: dict[str, Any] | None = None, callbacks: Se
     module = AdversarialTrainingModule(**{**QUICK, **(module_kw or {})})
     dm = NamedDataModule("mnist_embedded", batch_size=32, eval_batch_size=64)
     ckpt = ResumableCheckpoint(dirpath=root, every_n_train_steps=3)
+    trainer_kw.setdefault("logger", False)
     trainer = pl.Trainer(max_epochs=max_epochs, limit_train_batches=batches, limit_val_batches=val_batches,
-                         logger=False, deterministic=True, enable_progress_bar=False,
+                         deterministic=True, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0,
                          callbacks=[*callbacks, ckpt], default_root_dir=root, **trainer_kw)
     trainer.fit(module, dm, ckpt_path=ckpt_path)
