@@ -29,7 +29,7 @@ class AdversarialTrainingModule(pl.LightningModule):
     ``clean_epochs > 0`` gives clean pre-training then adversarial fine-tuning in one run (thesis 5.5).
 
     Validation and test report clean accuracy, accuracy under ``val_pgd`` at a fixed budget, and
-    the distortion statistics of ``val_attack`` on the first ``val_subset`` images (see
+    the distortion statistics of ``val_attack`` on ``val_subset`` evenly spaced images (see
     :class:`RobustnessMetrics`). Checkpoints carry the RNG states; the training loader is replaced
     by one whose order depends on (seed, epoch) only, so a run resumed mid-epoch is exact.
 
@@ -135,9 +135,11 @@ class AdversarialTrainingModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.val_metrics.reset()
+        self.val_metrics.set_split_size(_split_size(self.trainer.val_dataloaders))
 
     def on_test_epoch_start(self) -> None:
         self.test_metrics.reset()
+        self.test_metrics.set_split_size(_split_size(self.trainer.test_dataloaders))
 
     # --------------------------------------------------------------- resume
     def setup(self, stage: str) -> None:
@@ -178,3 +180,12 @@ class AdversarialTrainingModule(pl.LightningModule):
         if self._resume_rng is not None:  # the latest point before the first resumed training batch
             set_rng_state(self._resume_rng)
             self._resume_rng = None
+
+
+def _split_size(loaders: Any) -> int | None:
+    """Number of images of an evaluation split (its first loader's dataset), None if unknown."""
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+    try:
+        return len(loader.dataset)
+    except (AttributeError, TypeError):
+        return None

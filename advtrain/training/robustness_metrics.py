@@ -1,7 +1,8 @@
 """Validation/test robustness metrics as torchmetrics states (they sync across DDP processes).
 
-Per epoch: clean accuracy on the whole split; on a fixed subset (the first ``subset`` images of
-the split, the same images in one or several processes), accuracy under a distortion-targeted
+Per epoch: clean accuracy on the whole split; on a fixed subset of ``subset`` images (evenly spaced
+in the split, so a class-sorted split such as ImageNet's val folder is covered; the same images in
+one or several processes), accuracy under a distortion-targeted
 attack at a fixed budget (PGD) and the distortion of a success-targeted attack (DDN or BP) over
 the images classified correctly: P_suc, mean D-bar (thesis eq. 3.1), median, P_upp and the
 operating characteristic P(D) (eq. 3.2), all computed by :mod:`advtrain.evaluation.metrics`.
@@ -29,7 +30,8 @@ class RobustnessMetrics(nn.Module):
 
     ``update`` must see the split in loader order; under DDP the loader must be sharded like
     ``DistributedSampler(shuffle=False)`` (Lightning's default for evaluation), so that the
-    subset is the first ``subset`` images of the split whatever the number of processes.
+    subset is the same whatever the number of processes: images ``0, s, 2s, ...`` (``subset`` of
+    them) with stride ``s = split_size // subset`` (1 until :meth:`set_split_size` is called).
     """
 
     def __init__(self, num_classes: int, pgd: Attack | None, attack: Attack | None, subset: int,
@@ -43,14 +45,20 @@ class RobustnessMetrics(nn.Module):
         self.success = CatMetric(nan_strategy="disable")  # over X: subset images classified correctly
         self.l2 = CatMetric(nan_strategy="disable")
         self._seen = 0
+        self.stride = 1
         self.last_curve: tuple[Tensor, Tensor] | None = None  # (success, l2) of the last compute()
+
+    def set_split_size(self, n: int | None) -> None:
+        """Spread the subset over a split of ``n`` images (None: the first ``subset`` images)."""
+        self.stride = max(1, n // self.subset) if n and self.subset else 1
 
     def update(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
         """One batch of the split, in loader order."""
         world, rank = _world()
         local = self._seen + torch.arange(x.shape[0], device=x.device)
         self._seen += x.shape[0]
-        in_subset = rank + local * world < self.subset
+        index = rank + local * world  # index in the split (DistributedSampler without shuffling)
+        in_subset = (index % self.stride == 0) & (index // self.stride < self.subset)
         logits = model(x)
         self.clean_acc.update(logits, y)
         xs, ys = x[in_subset], y[in_subset]
