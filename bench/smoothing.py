@@ -10,27 +10,16 @@ warm-up. ``--clock cpu`` measures process CPU time (steadier on a shared machine
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import bench.attacks as timing  # noqa: E402  (median_time and its CLOCK)
 from advtrain.smoothing import LaplacianSmoother  # noqa: E402
-
-
-def timed(fn: Callable[[], object], repeats: int, clock: Callable[[], float]) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = clock()
-        fn()
-        times.append(clock() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -45,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    timing.CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     print(f"device {dev}, threads {torch.get_num_threads()}, clock {args.clock}, CG iterations {args.iters}")
@@ -53,17 +42,17 @@ def main() -> None:
     for b in (1, args.batch):
         x = torch.rand(b, 3, args.size, args.size, generator=gen).to(dev)
         z = torch.randn(x.shape, generator=gen).to(dev)
-        build = timed(lambda: (LaplacianSmoother(x, 0.997, solver="cg", iters=args.iters), sync()),
-                      args.repeats, clock)
+        build = timing.median_time(lambda: (LaplacianSmoother(x, 0.997, solver="cg", iters=args.iters), sync()),
+                      args.repeats)
         smoother = LaplacianSmoother(x, 0.997, solver="cg", iters=args.iters)
-        solve = timed(lambda: (smoother(z), sync()), args.repeats, clock)
+        solve = timing.median_time(lambda: (smoother(z), sync()), args.repeats)
         print(f"CG  {b:3d} x 3x{args.size}x{args.size}: build {build:.3f} s, smoothing {solve:.3f} s, "
               f"{1e3 * solve / args.iters:.2f} ms/iteration, {1e3 * solve / args.iters / b:.2f} ms/iteration/image")
     x = torch.rand(64, 1, 28, 28, generator=gen).to(dev)
     z = torch.randn(x.shape, generator=gen).to(dev)
-    build = timed(lambda: (LaplacianSmoother(x, 0.95, solver="dense"), sync()), 1, clock)
+    build = timing.median_time(lambda: (LaplacianSmoother(x, 0.95, solver="dense"), sync()), 1)
     dense = LaplacianSmoother(x, 0.95, solver="dense")
-    solve = timed(lambda: (dense(z), sync()), args.repeats, clock)
+    solve = timing.median_time(lambda: (dense(z), sync()), args.repeats)
     print(f"dense 64 x 1x28x28: build (inverse) {build:.3f} s, smoothing {1e3 * solve:.2f} ms")
 
 

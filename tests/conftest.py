@@ -70,3 +70,14 @@ def correct_test_batch(trained_c4, mnist_test_batch):
     with torch.no_grad():
         keep = trained_c4(x).argmax(1) == y
     return x[keep], y[keep]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch limited to 1 thread for a test module (restored after): small batched LAPACK and
+    elementwise ops crawl with 2 threads on a loaded 2-core machine. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -12,13 +12,7 @@ from advtrain.smoothing import LaplacianSmoother
 N = 24  # images of the correctly classified test batch attacked here
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batched LAPACK/elementwise ops crawl with 2 threads on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 1 torch thread for this module
 
 
 @pytest.fixture(scope="module")

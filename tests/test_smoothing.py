@@ -12,13 +12,7 @@ from advtrain.smoothing import LaplacianSmoother, bilateral_filter, default_alph
 SOLVERS = ["dense", "cg"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batched LAPACK/elementwise ops crawl with 2 threads on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 1 torch thread for this module
 
 
 def rand_image(b=2, c=3, h=7, w=6, seed=0) -> torch.Tensor:
