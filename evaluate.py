@@ -83,6 +83,7 @@ def prepare(args: argparse.Namespace) -> dict:
     model, hp, dm_hp = load_checkpoint(args.ckpt)
     defenses = [parse_defense(d) for d in args.defense]
     dataset = args.data or dm_hp.get("dataset") or "mnist_embedded"
+    load_suite(args.suite, dataset)  # validate attack names and options before any work
     same = dataset == dm_hp.get("dataset")
     dm = NamedDataModule(dataset=dataset, root=args.data_root or (dm_hp.get("root") if same else None),
                          image_size=dm_hp.get("image_size") if same else None, batch_size=args.batch_size)
@@ -91,7 +92,6 @@ def prepare(args: argparse.Namespace) -> dict:
     n = args.n if args.n is not None else min(DEFAULT_N, len(test_set))
     if n > len(test_set):
         raise ValueError(f"--n {n} is larger than the test set of {dataset} ({len(test_set)} images)")
-    load_suite(args.suite, dataset)  # validate names and options before any work
     out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent / "eval"
     return {"model": Defended(model, *defenses) if defenses else model, "dataset": dataset,
             "loader": DataLoader(Subset(test_set, range(n)), batch_size=args.batch_size), "n": n, "out": out,
@@ -118,11 +118,10 @@ def evaluate(args: argparse.Namespace, job: dict) -> dict:
     return results
 
 
-def _worker(rank: int, world: int, port: int, argv: list[str]) -> None:
+def _worker(rank: int, world: int, port: int, args: argparse.Namespace, job: dict | None) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        args = parse_args(argv)
-        evaluate(args, prepare(args))
+        evaluate(args, job if job is not None else prepare(args))
     finally:
         dist.destroy_process_group()
 
@@ -143,8 +142,11 @@ def main(argv: list[str] | None = None) -> None:
             evaluate(args, job)
         finally:
             dist.destroy_process_group()
-    elif args.procs > 1:
-        torch.multiprocessing.spawn(_worker, args=(args.procs, _free_port(), argv), nprocs=args.procs)
+    elif args.procs > 1:  # fork shares the prepared job; spawn (other systems) prepares it again
+        method = "fork" if sys.platform.startswith("linux") else "spawn"
+        torch.multiprocessing.start_processes(_worker, args=(args.procs, _free_port(), args,
+                                                             job if method == "fork" else None),
+                                              nprocs=args.procs, start_method=method)
     else:
         evaluate(args, job)
 

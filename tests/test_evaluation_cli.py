@@ -1,0 +1,106 @@
+"""evaluate.py: checkpoint loading, outputs, sharding over processes, one-line errors."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from advtrain.cli import run_with_clean_errors
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = [{"attack": "fgsm", "budgets": [0.1, 0.2, 0.3]},
+         {"attack": "pgd_linf", "options": {"steps": 5, "early_stop": True}, "budgets": [0.3]},
+         {"attack": "ddn", "options": {"steps": 5}, "quantize_mode": "attack"}]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "evaluate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def script():
+    return _load_script()
+
+
+@pytest.fixture(scope="module")
+def ckpt(trained_c4, tmp_path_factory):
+    """The trained C4 as train.py writes it (Lightning layout: model.* weights, hyper_parameters)."""
+    path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in trained_c4.state_dict().items()},
+                "hyper_parameters": {"model": "c4", "num_classes": 10, "attack": None},
+                "datamodule_hyper_parameters": {"dataset": "mnist_embedded", "root": None},
+                "pytorch-lightning_version": "2.5.0", "epoch": 5}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def suite_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("suite") / "suite.yaml"
+    path.write_text(yaml.safe_dump(SUITE))
+    return path
+
+
+def _numbers(results: dict) -> dict:
+    """Everything but timings (which differ from run to run)."""
+    return {label: {k: v for k, v in e.items() if k != "time_s"} for label, e in results["attacks"].items()}
+
+
+def test_one_process_and_two_give_the_same_results(script, ckpt, suite_file, tmp_path):
+    common = ["--ckpt", str(ckpt), "--suite", str(suite_file), "--n", "40", "--batch-size", "16", "--no-progress"]
+    script.main(common + ["--out", str(tmp_path / "one")])
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    for name in ("report.md", "curves.png", "examples.png"):
+        assert (tmp_path / "one" / name).stat().st_size > 0
+    report = (tmp_path / "one" / "report.md").read_text()
+    assert "with 8-bit quantization" in report and "without quantization" in report and "| ddn |" in report
+    r = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *common, "--out", str(tmp_path / "two"),
+                        "--procs", "2"], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "WANDB_MODE": "offline"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert one["context"]["indices"] == two["context"]["indices"] and one["context"]["n"] >= 36
+    assert _numbers(one) == _numbers(two)
+    assert one["worst_case"] == two["worst_case"]
+
+
+def _error(script, capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exc:
+        run_with_clean_errors(lambda: script.main(list(args)), "evaluate.py")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("evaluate.py: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_input_is_a_clear_one_line_error(script, ckpt, suite_file, tmp_path, capsys):
+    assert "checkpoint not found: /nonexistent.ckpt" in _error(script, capsys, "--ckpt", "/nonexistent.ckpt")
+    assert "is not a checkpoint" in _error(script, capsys, "--ckpt", str(suite_file))
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(2)}, plain)
+    assert "is not a train.py (Lightning) checkpoint" in _error(script, capsys, "--ckpt", str(plain))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump([{"attack": "pgd_l9"}]))
+    assert "unknown attack 'pgd_l9'; known:" in _error(script, capsys, "--ckpt", str(ckpt), "--suite", str(bad))
+    bad.write_text(yaml.safe_dump([{"attack": "pgd_l2", "options": {"step": 5}, "budgets": [1.0]}]))
+    assert "has no option 'step'; valid options:" in _error(script, capsys, "--ckpt", str(ckpt), "--suite", str(bad))
+    assert "unknown defense 'jpeg'" in _error(script, capsys, "--ckpt", str(ckpt), "--defense", "jpeg")
+    assert "no option 'bit'" in _error(script, capsys, "--ckpt", str(ckpt), "--defense", "bit_depth:bit=3")
+    assert "--n 501 is larger than the test set of mnist_embedded (500 images)" in _error(
+        script, capsys, "--ckpt", str(ckpt), "--n", "501")
+
+
+def test_a_defended_checkpoint_reports_what_bpda_approximated(script, ckpt, tmp_path):
+    script.main(["--ckpt", str(ckpt), "--suite", str(suite_file), "--n", "16", "--out", str(tmp_path), "--no-progress",
+                 "--defense", "bit_depth:bits=5", "--defense", "median:size=2", "--quantize", "yes"])
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["context"]["bpda_approximated"] == ["bit_depth", "median"] and res["context"]["view"] == "bpda"
+    assert list(res["worst_case"]) == ["quantized"]
+    assert "attacked through BPDA (identity backward): bit_depth, median" in (tmp_path / "report.md").read_text()
