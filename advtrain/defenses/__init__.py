@@ -7,4 +7,7 @@ from .registry import DEFENSES, build_defense, register_defense
 
 import_submodules(__name__)
 
-__all__ = ["DEFENSES", "build_defense", "register_defense"]
+from .bpda import bpda  # noqa: E402
+from .defended import Defended  # noqa: E402
+
+__all__ = ["DEFENSES", "build_defense", "register_defense", "Defended", "bpda"]
