@@ -25,9 +25,12 @@ CHEAP: dict[str, dict] = {
     "deepfool": {"steps": 3, "candidates": 3},
     "ddn": {"steps": 3},
     "bp": {"steps": 3},
+    "cw_l2": {"steps": 3, "search_steps": 1},
+    "scw_l2": {"steps": 2, "search_steps": 1, "solver": "cg", "cg_iters": 5},
+    "qpgd_l2": {"eps": 1.0, "steps": 2, "solver": "cg", "cg_iters": 5},
 }
 #: generic fallback, filtered by the options each attack accepts
-GENERIC = {"steps": 3, "binary_search_steps": 2, "search_steps": 2, "iterations": 3, "max_iter": 3,
+GENERIC = {"steps": 3, "binary_search_steps": 1, "search_steps": 1, "iterations": 3, "max_iter": 3,
            "cg_iters": 5, "candidates": 3}
 
 
