@@ -111,3 +111,14 @@ def test_robustness_metrics_under_inference_mode_match_the_evaluation_code(train
     assert 0.5 < out["attack_l2_mean"] < 3.0
     metrics.reset()
     assert metrics._seen == 0 and metrics.clean_acc.update_count == 0
+
+
+def test_robustness_metrics_when_no_subset_image_is_classified_correctly():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    torch.nn.init.zeros_(model[1].weight)
+    with torch.no_grad():
+        model[1].bias.copy_(torch.arange(10.0))  # always predicts 9
+    metrics = RobustnessMetrics(10, None, build_attack("ddn", steps=2), subset=8, d_upp=2.0)
+    metrics.update(model, torch.rand(8, 1, 28, 28), torch.zeros(8, dtype=torch.long))
+    out = metrics.compute()
+    assert out["acc"] == 0.0 and out["attack_p_suc"] == 0.0 and out["attack_l2_mean"] != out["attack_l2_mean"]

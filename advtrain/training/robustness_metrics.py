@@ -80,7 +80,7 @@ class RobustnessMetrics(nn.Module):
         if self.pgd is not None and self.subset > 0:
             out["pgd_acc"] = float(self.pgd_acc.compute())
         if self.attack is not None and self.subset > 0:
-            success, l2 = self.success.compute().bool(), self.l2.compute()
+            success, l2 = _values(self.success).bool(), _values(self.l2)
             self.last_curve = (success.cpu(), l2.cpu())
             stats = attack_stats(success, l2, self.d_upp)
             out.update({"attack_p_suc": stats.p_suc, "attack_l2_mean": stats.d_bar,
@@ -91,3 +91,9 @@ class RobustnessMetrics(nn.Module):
         self._seen = 0
         for m in (self.clean_acc, self.pgd_acc, self.success, self.l2):
             m.reset()
+
+
+def _values(metric: CatMetric) -> Tensor:
+    """A CatMetric's concatenated values; empty (not ``[]``) when it never received any."""
+    v = metric.compute()
+    return v if isinstance(v, Tensor) else torch.zeros(0)
