@@ -104,3 +104,11 @@ def test_a_defended_checkpoint_reports_what_bpda_approximated(script, ckpt, tmp_
     assert res["context"]["bpda_approximated"] == ["bit_depth", "median"] and res["context"]["view"] == "bpda"
     assert list(res["worst_case"]) == ["quantized"]
     assert "attacked through BPDA (identity backward): bit_depth, median" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_wandb_logger_writes_an_offline_run(script, ckpt, suite_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    script.main(["--ckpt", str(ckpt), "--suite", str(suite_file), "--n", "16", "--out", str(tmp_path),
+                 "--no-progress", "--logger", "wandb"])
+    assert list((tmp_path / "wandb").glob("offline-run-*"))

@@ -96,20 +96,20 @@ def plot_curves(results: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
-def _perturbation_image(x: Tensor, x_adv: Tensor) -> Tensor:
-    """Magnified perturbation (``magnify.py``, thesis 4.5) when available, else scaled to [0, 1]."""
+def _perturbation_image(x: Tensor, x_adv: Tensor) -> tuple[Tensor, str]:
+    """Adversarial magnification of x_adv (``magnify.py``, thesis 4.5 eq. 4.16) when available,
+    else the perturbation scaled to [0, 1]; with the column title."""
     try:
-        from . import magnify
-        fn = getattr(magnify, "magnify", None) or getattr(magnify, "adversarial_magnification")
-        return fn(x[None], x_adv[None])[0].clamp(0, 1)
-    except (ImportError, AttributeError, TypeError, ValueError):
+        from .magnify import magnify
+    except ImportError:
         delta = x_adv - x
-        return (0.5 + delta / (2 * delta.abs().max().clamp_min(1e-12))).clamp(0, 1)
+        return (0.5 + delta / (2 * delta.abs().max().clamp_min(1e-12))).clamp(0, 1), "scaled perturbation"
+    return magnify(x[None], x_adv[None])[0], "magnified (eq. 4.16)"
 
 
 def plot_examples(examples: list[dict], path: str | Path) -> None:
-    """examples.png: rows = worst cases (least distortion over the suite), columns = original,
-    adversarial, perturbation."""
+    """examples.png: rows = the worst cases (images of least worst-case distortion over the suite,
+    with the adversarial that achieved it), columns = original, adversarial, magnification."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -121,7 +121,7 @@ def plot_examples(examples: list[dict], path: str | Path) -> None:
     for r, ex in enumerate(examples):
         x, x_adv = ex["x"].float(), ex["x_adv"].float()
         for c, (img, title) in enumerate([(x, f"#{ex['index']}"), (x_adv, f"{ex['attack']} D={ex['l2']:.2f}"),
-                                          (_perturbation_image(x, x_adv), "perturbation")]):
+                                          _perturbation_image(x, x_adv)]):
             arr = img.permute(1, 2, 0).squeeze(-1).numpy()
             axes[r, c].imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1)
             axes[r, c].set_title(title, fontsize=8)
