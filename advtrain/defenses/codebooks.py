@@ -22,8 +22,7 @@ from .patches import from_position_vectors, per_position_vectors
 KINDS = {"pq": "product quantization, one k-means codebook per slice",
          "universal": "one k-means codebook shared by all slices",
          "e8": "E8 lattice (d = 8, scale s), no training"}
-_SEARCH_BLOCK = 1 << 24     # scores computed per chunk: m * chunk * K floats
-_RERANK = 4                 # candidates re-scored exactly (robust to rounding in the matmul trick)
+_SEARCH_BLOCK = 1 << 22     # scores computed per chunk: m * chunk * K floats
 
 
 def check_kind(kind: str) -> None:
@@ -64,23 +63,23 @@ class PQCodebook(Codebook):
         return {"kind": self.kind, "K": k, "slices": m, "dim": dim}
 
     def quantize(self, patches: Tensor) -> Tensor:
-        """Nearest codeword of each patch in its slice's codebook (exact L2 nearest neighbour)."""
+        """Nearest codeword of each patch in its slice's codebook (L2 nearest neighbour).
+
+        Scores ||c||^2 - 2 p.c by batched matmul, in chunks of bounded memory. Its float32 rounding
+        (~1e-7 relative) can only swap codewords whose distances differ by less than that.
+        """
         m, n, dim = patches.shape
         cb = self.centroids.to(patches.dtype)
         if cb.shape[2] != dim or cb.shape[0] not in (1, m):
             raise ValueError(f"codebook of shape {tuple(cb.shape)} does not fit patches {tuple(patches.shape)}")
         cb = cb.expand(m, -1, -1)
         c2 = cb.pow(2).sum(-1).unsqueeze(1)                        # [m, 1, K]
-        r = min(_RERANK, cb.shape[1])
-        rows = torch.arange(m, device=patches.device).view(m, 1, 1)
+        rows = torch.arange(m, device=patches.device).view(m, 1)
         chunk = max(1, _SEARCH_BLOCK // (m * cb.shape[1]))
         out = torch.empty_like(patches)
         for s in range(0, n, chunk):
-            p = patches[:, s:s + chunk]
-            scores = torch.baddbmm(c2, p, cb.transpose(1, 2), alpha=-2.0)   # ||c||^2 - 2 p.c
-            cand = cb[rows, scores.topk(r, dim=-1, largest=False).indices]  # [m, n, r, dim]
-            best = (cand - p.unsqueeze(2)).pow(2).sum(-1).argmin(-1)        # exact re-scoring
-            out[:, s:s + chunk] = cand.gather(2, best[..., None, None].expand(-1, -1, 1, dim)).squeeze(2)
+            scores = torch.baddbmm(c2, patches[:, s:s + chunk], cb.transpose(1, 2), alpha=-2.0)
+            out[:, s:s + chunk] = cb[rows, scores.argmin(-1)]
         return out
 
 
