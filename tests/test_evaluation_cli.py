@@ -97,7 +97,7 @@ def test_bad_input_is_a_clear_one_line_error(script, ckpt, suite_file, tmp_path,
         script, capsys, "--ckpt", str(ckpt), "--n", "501")
 
 
-def test_a_defended_checkpoint_reports_what_bpda_approximated(script, ckpt, tmp_path):
+def test_a_defended_checkpoint_reports_what_bpda_approximated(script, ckpt, suite_file, tmp_path):
     script.main(["--ckpt", str(ckpt), "--suite", str(suite_file), "--n", "16", "--out", str(tmp_path), "--no-progress",
                  "--defense", "bit_depth:bits=5", "--defense", "median:size=2", "--quantize", "yes"])
     res = json.loads((tmp_path / "results.json").read_text())

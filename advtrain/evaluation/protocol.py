@@ -230,6 +230,8 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
     attack_model = model.attack_view(view, approx) if defended else model
     approximated = model.approximated if defended and view == "bpda" else []
     x_all, y_all = _collect(dataloader, n)
+    device = next(iter(model.parameters()), torch.zeros(0)).device
+    x_all, y_all = x_all.to(device), y_all.to(device)
     rank, world = dist_info()
 
     ctx = {**(context or {}), "dataset": dataset, "n_prime": len(y_all), "d_upp": d_upp, "quantize": quantize,
@@ -257,9 +259,9 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
         for b in my_batches(len(batches)):
             idx = batches[b]
             torch.manual_seed(batch_seed(seed, "clean", b))
-            correct.append(idx[_predict(model, x_all[idx]) == y_all[idx]])
+            correct.append(idx[(_predict(model, x_all[idx]) == y_all[idx]).cpu()])
         kept = torch.cat([c for r in gather(correct) for c in r] or [torch.zeros(0, dtype=torch.long)])
-        X = kept.sort().values
+        X = kept.sort().values.cpu()
         results["context"].update(n=len(X), accuracy=len(X) / max(len(y_all), 1), indices=X.tolist())
         batches = _chunks(X, batch_size)
         mine = my_batches(len(batches))
