@@ -6,7 +6,7 @@
     python evaluate.py --ckpt CKPT --defense bit_depth:bits=3 --defense median:size=2   # BPDA by default
     python evaluate.py --ckpt CKPT --defense median:size=3 --view blackbox   # attacks ignore the defense
     python evaluate.py --ckpt CKPT --procs 2                             # shard over 2 processes (gloo)
-    torchrun --nproc_per_node 2 evaluate.py --ckpt CKPT                  # same, launched by torchrun
+    torchrun --nproc_per_node 2 evaluate.py --ckpt CKPT --images 500     # same, by torchrun (--n is its own)
 
 Writes results.json (rewritten after every attack; a rerun skips finished attacks), report.md,
 curves.png and examples.png to --out (default: <checkpoint folder>/eval).
@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--suite", default="full", help="full (default), quick, a name in configs/suites or a YAML file")
     p.add_argument("--data", default=None, help="dataset name (default: the checkpoint's)")
     p.add_argument("--data-root", default=None, help="dataset root folder")
-    p.add_argument("--n", type=int, default=None, help=f"test images N' (default {DEFAULT_N} or the whole test set)")
+    p.add_argument("--n", "--images", dest="n", type=int, default=None,
+                   help=f"test images N' (default {DEFAULT_N} or the whole test set); --images under torchrun")
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/eval)")
     p.add_argument("--quantize", choices=("both", "yes", "no"), default="both",
                    help="score 8-bit quantized adversarial images, real-valued ones, or both (default)")
