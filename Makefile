@@ -21,7 +21,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python train.py
-	$(BIN)/python evaluate.py --ckpt runs/demo/last.ckpt --out runs/demo/eval --n 500
+	$(BIN)/python evaluate.py --ckpt runs/demo/last.ckpt --out runs/demo/eval --n 500 --suite demo
 	@echo "Results: runs/demo (checkpoints, metrics.csv) and runs/demo/eval (results.json, report.md, curves.png, examples.png)"
 
 test: $(STAMP)
