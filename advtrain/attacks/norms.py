@@ -27,8 +27,15 @@ def linf_norm(t: Tensor) -> Tensor:
 
 
 def normalize_l2(t: Tensor) -> Tensor:
-    """n(t) = t / ||t||_2 per sample (thesis eq. 2.15); zero vectors stay zero."""
-    return t / view_as_batch(l2_norm(t).clamp_min(_EPS), t)
+    """n(t) = t / ||t||_2 per sample (thesis eq. 2.15); zero vectors stay zero.
+
+    The floor is the dtype's smallest normal number, not a fixed 1e-12: cross-entropy gradients of
+    very confident models are ~exp(-logit gap) (1e-13 at a gap of 30) and must still give a unit
+    direction, or BP/DDN stall on exactly the images that need the largest distortion.
+    """
+    tiny = torch.finfo(t.dtype).tiny
+    t = t / view_as_batch(linf_norm(t).clamp_min(tiny), t)  # rescale first: squares of 1e-20 underflow
+    return t / view_as_batch(l2_norm(t).clamp_min(tiny), t)
 
 
 def clip_box(x: Tensor) -> Tensor:

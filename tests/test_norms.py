@@ -1,0 +1,24 @@
+import torch
+
+from advtrain.attacks.norms import l2_norm, normalize_l2, project_l2, project_linf, quantize
+
+
+def test_normalize_gives_unit_directions_even_for_vanishing_gradients():
+    g = torch.randn(4, 3, 8, 8)
+    g[1] *= 1e-20  # cross-entropy gradient of a very confident model
+    g[2] *= 1e-36  # squares underflow in float32
+    g[3] = 0.0
+    n = l2_norm(normalize_l2(g))
+    torch.testing.assert_close(n[:3], torch.ones(3))
+    assert float(n[3]) == 0.0
+    torch.testing.assert_close(normalize_l2(g[:1]), g[:1] / l2_norm(g[:1]))
+
+
+def test_projections_stay_in_ball_and_box():
+    x = torch.rand(5, 1, 6, 6)
+    y = x + torch.randn_like(x)
+    assert bool((l2_norm(project_l2(y, x, 0.5) - x) <= 0.5 + 1e-5).all())
+    p = project_linf(y, x, torch.full((5,), 0.1))
+    assert float((p - x).abs().max()) <= 0.1 + 1e-6 and 0 <= float(p.min()) and float(p.max()) <= 1
+    q = quantize(torch.rand(100))
+    torch.testing.assert_close(q * 255, torch.round(q * 255))
