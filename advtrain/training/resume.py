@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 Progress = Callable[[], tuple[int, "int | float"]]
 
 
-def _world() -> tuple[int, int]:
+def world_and_rank() -> tuple[int, int]:
+    """(number of processes, this process' rank): (1, 0) without a process group."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
@@ -47,11 +48,11 @@ class EpochSampler(DistributedSampler):
 
     @property
     def num_replicas(self) -> int:  # type: ignore[override]
-        return _world()[0]
+        return world_and_rank()[0]
 
     @property
     def rank(self) -> int:  # type: ignore[override]
-        return _world()[1]
+        return world_and_rank()[1]
 
     @property
     def num_samples(self) -> int:  # type: ignore[override]

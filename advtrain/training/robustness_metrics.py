@@ -10,19 +10,13 @@ operating characteristic P(D) (eq. 3.2), all computed by :mod:`advtrain.evaluati
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics import CatMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..attacks import Attack
 from ..evaluation.metrics import attack_stats
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
+from .resume import world_and_rank
 
 
 class RobustnessMetrics(nn.Module):
@@ -54,7 +48,7 @@ class RobustnessMetrics(nn.Module):
 
     def update(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
         """One batch of the split, in loader order."""
-        world, rank = _world()
+        world, rank = world_and_rank()
         local = self._seen + torch.arange(x.shape[0], device=x.device)
         self._seen += x.shape[0]
         index = rank + local * world  # index in the split (DistributedSampler without shuffling)
