@@ -117,10 +117,14 @@ def test_protocol_on_untrained_model(name, quantize, tiny):
 @pytest.mark.parametrize("name", NAMES)
 def test_protocol_on_trained_c4(name, quantize, trained_c4, correct_test_batch):
     x, y = correct_test_batch[0][:12], correct_test_batch[1][:12]
+    for p in trained_c4.parameters():  # the session model is shared: peers' tests may leave .grad
+        p.grad = None
+    flags = [p.requires_grad for p in trained_c4.parameters()]
     attack = build_attack(name, quantize=quantize, **cheap(name))
     res = attack(trained_c4, x, y)
     assert not trained_c4.training
-    assert all(p.grad is None for p in trained_c4.parameters())
+    assert all(p.grad is None for p in trained_c4.parameters()), "a parameter received a gradient"
+    assert [p.requires_grad for p in trained_c4.parameters()] == flags
     check_result(name, attack, trained_c4, x, y, res)
 
 
