@@ -5,6 +5,7 @@
     python evaluate.py --ckpt CKPT --suite quick --n 500 --out runs/demo/eval
     python evaluate.py --ckpt CKPT --defense bit_depth:bits=3 --defense median:size=2   # BPDA by default
     python evaluate.py --ckpt CKPT --defense median:size=3 --view blackbox   # attacks ignore the defense
+    python evaluate.py --ckpt CKPT --defense patch_replacement:codebooks=runs/pr/patch_codebooks.safetensors
     python evaluate.py --ckpt CKPT --procs 2                             # shard over 2 processes (gloo)
     torchrun --nproc_per_node 2 evaluate.py --ckpt CKPT --images 500     # same, by torchrun (--n is its own)
 
@@ -28,7 +29,8 @@ from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 from advtrain.cli import run_with_clean_errors  # noqa: E402
 from advtrain.data import NamedDataModule  # noqa: E402
-from advtrain.defenses import build_defense  # noqa: E402
+from advtrain.defenses import DEFENSES, build_defense  # noqa: E402
+from advtrain.registry import valid_options  # noqa: E402
 from advtrain.defenses.defended import ATTACK_VIEWS, Defended  # noqa: E402
 from advtrain.evaluation import load_suite, run_suite  # noqa: E402
 from advtrain.evaluation.checkpoint import load_checkpoint  # noqa: E402
@@ -67,8 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def parse_defense(text: str) -> torch.nn.Module:
-    """``median:size=3`` -> build_defense("median", size=3) (values parsed as YAML scalars)."""
+def parse_defense(text: str) -> tuple[str, dict]:
+    """``median:size=3`` -> ("median", {"size": 3}) (values parsed as YAML scalars)."""
     name, _, opts = text.partition(":")
     options = {}
     for item in filter(None, opts.split(",")):
@@ -76,13 +78,25 @@ def parse_defense(text: str) -> torch.nn.Module:
         if not eq or not key:
             raise ValueError(f"--defense {text!r}: options are NAME:key=value,key=value")
         options[key.strip()] = yaml.safe_load(value)
-    return build_defense(name.strip(), **options)
+    return name.strip(), options
+
+
+def apply_defenses(model: torch.nn.Module, specs: list[tuple[str, dict]]) -> torch.nn.Module:
+    """Defenses that take the model (``patch_replacement:codebooks=FILE``) wrap it; input
+    transforms are then composed in front of it, in the order given."""
+    inputs = []
+    for name, options in specs:
+        if "model" in valid_options(DEFENSES[name]):
+            model = build_defense(name, model=model, **options)
+        else:
+            inputs.append(build_defense(name, **options))
+    return Defended(model, *inputs) if inputs else model
 
 
 def prepare(args: argparse.Namespace) -> dict:
     """Everything a worker needs, validated up front so user errors are one clear line."""
     model, hp, dm_hp = load_checkpoint(args.ckpt)
-    defenses = [parse_defense(d) for d in args.defense]
+    defended = apply_defenses(model, [parse_defense(d) for d in args.defense])
     dataset = args.data or dm_hp.get("dataset") or "mnist_embedded"
     load_suite(args.suite, dataset)  # validate attack names and options before any work
     same = dataset == dm_hp.get("dataset")
@@ -94,7 +108,7 @@ def prepare(args: argparse.Namespace) -> dict:
     if n > len(test_set):
         raise ValueError(f"--n {n} is larger than the test set of {dataset} ({len(test_set)} images)")
     out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent / "eval"
-    return {"model": Defended(model, *defenses) if defenses else model, "dataset": dataset,
+    return {"model": defended, "dataset": dataset,
             "loader": DataLoader(Subset(test_set, range(n)), batch_size=args.batch_size), "n": n, "out": out,
             "context": {"checkpoint": str(Path(args.ckpt).resolve()), "model": hp["model"]}}
 

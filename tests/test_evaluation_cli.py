@@ -112,3 +112,16 @@ def test_wandb_logger_writes_an_offline_run(script, ckpt, suite_file, tmp_path, 
     script.main(["--ckpt", str(ckpt), "--suite", str(suite_file), "--n", "16", "--out", str(tmp_path),
                  "--no-progress", "--logger", "wandb"])
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_patch_replacement_codebooks_from_the_command_line(script, ckpt, suite_file, trained_c4, mnist_dm, tmp_path):
+    """``--defense patch_replacement:codebooks=FILE`` wraps the model; BPDA applies (thesis 6.6)."""
+    from advtrain.defenses import PatchReplacement
+
+    pr = PatchReplacement(trained_c4, layers=[{"layer": "image", "a": 1, "c": 1, "d": 1, "K": 32}])
+    pr.fit(mnist_dm.train_dataloader(), max_patches=5000, niter=5)
+    book = pr.save(tmp_path / "books.safetensors")
+    script.main(["--ckpt", str(ckpt), "--suite", str(suite_file), "--n", "16", "--out", str(tmp_path / "ev"),
+                 "--no-progress", "--quantize", "no", "--defense", f"patch_replacement:codebooks={book}"])
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert res["context"]["bpda_approximated"] == ["patch_replacement[image]"]
