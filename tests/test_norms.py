@@ -22,3 +22,16 @@ def test_projections_stay_in_ball_and_box():
     assert float((p - x).abs().max()) <= 0.1 + 1e-6 and 0 <= float(p.min()) and float(p.max()) <= 1
     q = quantize(torch.rand(100))
     torch.testing.assert_close(q * 255, torch.round(q * 255))
+
+
+def test_iteration_counts_are_checked_once_for_every_attack():
+    import pytest
+
+    from advtrain.attacks import build_attack
+
+    for name, option in [("bp", "steps"), ("bp", "line_search_steps"), ("ddn", "steps"), ("pgd_l2", "steps"),
+                         ("deepfool", "candidates"), ("cw_l2", "search_steps")]:
+        with pytest.raises(ValueError, match=f"{option} must be an integer >= 1, got 0"):
+            build_attack(name, **{option: 0})
+        with pytest.raises(ValueError, match=f"{option} must be an integer >= 1, got 2.5"):
+            build_attack(name, **{option: 2.5})

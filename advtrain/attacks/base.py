@@ -137,6 +137,12 @@ def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def check_count(name: str, value: int) -> None:
+    """Validate an iteration-like count (steps, candidates, search steps): an integer >= 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 class Attack:
     """Base of every attack. Subclasses set ``name`` and implement ``_run``.
 

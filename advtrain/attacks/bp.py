@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, BestTracker, check_positive
+from .base import Attack, AttackContext, BestTracker, check_count, check_positive
 from .norms import clip_box, l2_norm, normalize_l2, quantize as quantize_8bit, view_as_batch
 from .registry import register_attack
 
@@ -92,14 +92,12 @@ class BP(Attack):
     def __init__(self, steps: int = 20, alpha: float = 2.0, gamma_min: float = 0.7,
                  beta_min: float = 0.1, line_search_steps: int = 8, **kw) -> None:
         super().__init__(**kw)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        check_count("steps", steps)
         check_positive("alpha", alpha)
         check_positive("beta_min", beta_min, allow_zero=True)
         if not 0.0 < gamma_min < 1.0:
             raise ValueError(f"gamma_min must lie in (0, 1), got {gamma_min}")
-        if line_search_steps < 1:
-            raise ValueError(f"line_search_steps must be >= 1, got {line_search_steps}")
+        check_count("line_search_steps", line_search_steps)
         self.steps = int(steps)
         self.alpha = float(alpha)
         self.gamma_min = float(gamma_min)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..smoothing import LaplacianSmoother, check_smoothing_options
-from .base import Attack, AttackContext, BestTracker, check_positive
+from .base import Attack, AttackContext, BestTracker, check_count, check_positive
 from .losses import margin_loss
 from .norms import clip_box, quantize as quantize_8bit
 from .registry import register_attack
@@ -50,9 +50,8 @@ class CarliniWagnerL2(Attack):
     def __init__(self, steps: int = 20, search_steps: int = 5, lr: float = 0.5, initial_const: float = 1.0,
                  confidence: float = 0.0, **kw) -> None:
         super().__init__(**kw)
-        for label, n in (("steps", steps), ("search_steps", search_steps)):
-            if n < 1:
-                raise ValueError(f"{label} must be >= 1, got {n}")
+        check_count("steps", steps)
+        check_count("search_steps", search_steps)
         check_positive("lr", lr)
         check_positive("initial_const", initial_const)
         check_positive("confidence", confidence, allow_zero=True)

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, BestTracker, check_positive
+from .base import Attack, AttackContext, BestTracker, check_count, check_positive
 from .norms import clip_box, l2_norm, normalize_l2, project_sphere, quantize as quantize_8bit
 from .registry import register_attack
 
@@ -41,8 +41,7 @@ class DDN(Attack):
     def __init__(self, steps: int = 100, init_norm: float = 1.0, gamma: float = 0.05,
                  alpha: float = 1.0, alpha_min: float = 0.01, **kw) -> None:
         super().__init__(**kw)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        check_count("steps", steps)
         check_positive("init_norm", init_norm)
         check_positive("alpha", alpha)
         check_positive("alpha_min", alpha_min, allow_zero=True)

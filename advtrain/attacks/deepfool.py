@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, BestTracker, check_positive
+from .base import Attack, AttackContext, BestTracker, check_count, check_positive
 from .norms import clip_box, l2_norm, quantize as quantize_8bit, view_as_batch
 from .registry import register_attack
 
@@ -28,10 +28,8 @@ class DeepFool(Attack):
 
     def __init__(self, steps: int = 50, candidates: int = 9, overshoot: float = 0.02, **kw) -> None:
         super().__init__(**kw)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if candidates < 1:
-            raise ValueError(f"candidates must be >= 1, got {candidates}")
+        check_count("steps", steps)
+        check_count("candidates", candidates)
         check_positive("overshoot", overshoot, allow_zero=True)
         self.steps = int(steps)
         self.candidates = int(candidates)

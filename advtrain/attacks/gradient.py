@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, check_positive
+from .base import Attack, AttackContext, check_count, check_positive
 from .losses import is_adversarial
 from .norms import clip_box, normalize_l2, project_l2, project_linf, view_as_batch
 from .registry import register_attack
@@ -39,8 +39,7 @@ class _Iterative(Attack):
                  random_start: bool = False, early_stop: bool = False, **kw) -> None:
         super().__init__(**kw)
         check_positive("eps", eps)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        check_count("steps", steps)
         self.eps = float(eps)
         self.steps = int(steps)
         self.alpha = float(alpha) if alpha is not None else self._default_alpha()
