@@ -4,7 +4,9 @@ For each attack at 20 iterations on a fixed model and batch (C4 on 128 embedded-
 images; ``--cifar`` adds cifar_cnn on random 32x32 images), prints
   overhead = time / (time of as many plain forward+backward passes as the gradients it used)
 (for 20-gradient attacks: 20 passes; target <= 1.15; each repeat times the attack and its floor
-back to back), and the time ratio ours / peer where a peer exists. Medians over repeats after a
+back to back), the same with the success mask read (``+success``: one more forward, run only when
+a caller reads ``AttackResult.success``), and the time ratio ours / peer where a peer exists
+(peers return images only, so the call is the like-for-like comparison). Medians over repeats after a
 warm-up. ``--clock cpu`` measures process CPU time, steadier on a shared machine.
 
     .venv/bin/python bench/attacks.py [--quick] [--threads 2] [--clock wall|cpu] [--cifar]
@@ -122,14 +124,16 @@ def bench_model(label: str, model: nn.Module, x: Tensor, y: Tensor, repeats: int
     peers = _peers()
     t_pass = median_time(plain_passes(model, x, y, 1), max(repeats, 5) * 2)
     print(f"\n{label}: batch {tuple(x.shape)}, one forward+backward {t_pass * 1e3:.1f} ms")
-    print(f"{'attack':<15}{'grads':>6}{'time s':>9}{'overhead':>10}{'peer s':>9}{'ours/peer':>10}")
+    print(f"{'attack':<15}{'grads':>6}{'time s':>9}{'overhead':>10}{'+success':>10}{'peer s':>9}{'ours/peer':>10}")
     for row in rows:
         name, options = ROWS[row]
         if name not in ATTACKS:
             continue
         attack = build_attack(name, **options)
         grads = attack(model, x, y).grads
-        t, overhead = median_ratio(lambda: attack(model, x, y), plain_passes(model, x, y, grads), repeats)
+        floor = plain_passes(model, x, y, grads)
+        t, overhead = median_ratio(lambda: attack(model, x, y), floor, repeats)
+        _, overhead_s = median_ratio(lambda: attack(model, x, y).success, floor, repeats)
         peer_make = peers.get(PEER_OF.get(row, ""))
         if peer_make is not None:
             peer = peer_make(model)
@@ -137,7 +141,7 @@ def bench_model(label: str, model: nn.Module, x: Tensor, y: Tensor, repeats: int
             peer_cols = f"{t_peer:>9.3f}{t / t_peer:>10.2f}"
         else:
             peer_cols = f"{'-':>9}{'-':>10}"
-        print(f"{row:<15}{grads:>6}{t:>9.3f}{overhead:>10.2f}{peer_cols}", flush=True)
+        print(f"{row:<15}{grads:>6}{t:>9.3f}{overhead:>10.2f}{overhead_s:>10.2f}{peer_cols}", flush=True)
 
 
 def mnist_c4(batch: int) -> tuple[nn.Module, Tensor, Tensor, str]:

@@ -226,3 +226,25 @@ def test_unknown_option_lists_valid_ones(name):
 def test_unknown_loss_is_refused():
     with pytest.raises(ValueError, match="unknown attack loss 'hinge'"):
         build_attack("bp", loss="hinge")
+
+
+def test_success_is_measured_when_read_and_refused_on_a_changed_model():
+    """FGSM's call costs its one forward+backward (plus the 1-image logits check); the success
+    forward runs when ``success`` is first read, once; after an optimizer step reading it raises."""
+    model = tiny_model(1).eval()
+    calls = []
+    hook = model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    x, y = batch(16)
+    res = build_attack("fgsm", eps=0.1)(model, x, y)
+    assert calls == [1, 16]
+    first = res.success
+    assert calls == [1, 16, 16] and torch.equal(res.success, first) and calls == [1, 16, 16]
+    hook.remove()
+    with torch.no_grad():
+        assert torch.equal(first, model(res.x_adv).argmax(1) != y)
+
+    late = build_attack("fgsm", eps=0.1)(model, x, y)
+    with torch.no_grad():
+        model[-1].weight.add_(0.01)  # any in-place update of a parameter, as an optimizer step does
+    with pytest.raises(RuntimeError, match="model changed"):
+        late.success

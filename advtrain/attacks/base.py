@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterator
 
 import torch
@@ -19,21 +19,53 @@ from .losses import get_loss, is_adversarial
 from .norms import l2_norm, linf_norm, quantize as quantize_8bit
 
 
-@dataclass
 class AttackResult:
     """Output of an attack on a batch.
 
-    x_adv: adversarial images in [0, 1]; success: per-sample bool; l2 / linf: per-sample
-    distortion ``x_adv - x``; grads: number of gradient computations (forward+backward passes)
-    the attack spent on the batch.
+    x_adv: adversarial images in [0, 1]; success: per-sample bool, ``model(x_adv)`` misclassifies
+    (or hits the target); l2 / linf: per-sample distortion ``x_adv - x``; grads: number of gradient
+    computations (forward+backward passes) the attack spent on the batch.
+
+    ``success`` is measured on the returned images when first read (one forward pass, in the
+    attack's model mode), so callers that only need the images (e.g. FGSM training) do not pay for
+    it. Reading it after the model's parameters or buffers changed (an optimizer step, a train-mode
+    BatchNorm forward) raises: the mask would describe another model.
     """
 
-    x_adv: Tensor
-    success: Tensor
-    l2: Tensor
-    linf: Tensor
-    grads: int
-    extras: dict = field(default_factory=dict)
+    def __init__(self, x_adv: Tensor, success: Tensor | Callable[[], Tensor], l2: Tensor, linf: Tensor,
+                 grads: int) -> None:
+        self.x_adv, self.l2, self.linf, self.grads = x_adv, l2, linf, grads
+        self._success = success if isinstance(success, Tensor) else None
+        self._measure = None if isinstance(success, Tensor) else success
+
+    @property
+    def success(self) -> Tensor:
+        if self._success is None:
+            assert self._measure is not None
+            self._success, self._measure = self._measure().detach(), None
+        return self._success
+
+    def __repr__(self) -> str:
+        return (f"AttackResult(batch={self.x_adv.shape[0]}, grads={self.grads}, "
+                f"success={'pending' if self._success is None else self._success.float().mean().item()})")
+
+
+def success_on(model: nn.Module, ctx: "AttackContext", x_adv: Tensor, eval_mode: bool) -> Callable[[], Tensor]:
+    """A deferred measurement of ``is_adversarial(model(x_adv))`` that refuses to run on a changed model.
+
+    Parameters' and buffers' version counters (bumped by every in-place update) are recorded now
+    and compared when the measurement runs.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    versions = [t._version for t in tensors]
+
+    def measure() -> Tensor:
+        if [t._version for t in tensors] != versions:
+            raise RuntimeError("the model changed after the attack ran (optimizer step or train-mode "
+                               "forward); read AttackResult.success before updating the model")
+        with frozen_eval(model, eval_mode), torch.no_grad():
+            return ctx.is_adv(model(x_adv))
+    return measure
 
 
 @dataclass
@@ -184,11 +216,10 @@ class Attack:
             check_label_range(y, targets, logits0.shape[1])
             ctx = AttackContext(model, x, y, targets, self.loss_fn)
             x_adv = self._run(ctx).detach()
-            with torch.no_grad():  # success is always measured on the returned images
-                success = ctx.is_adv(model(x_adv))
             delta = x_adv - x
-            return AttackResult(x_adv=x_adv, success=success.detach(), l2=l2_norm(delta),
-                                linf=linf_norm(delta), grads=ctx.grads)
+            # success is always measured on the returned images, when first read
+            return AttackResult(x_adv=x_adv, success=success_on(model, ctx, x_adv, self.eval_mode),
+                                l2=l2_norm(delta), linf=linf_norm(delta), grads=ctx.grads)
 
     def _run(self, ctx: AttackContext) -> Tensor:
         """Return the adversarial images (in [0, 1])."""
