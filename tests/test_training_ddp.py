@@ -8,9 +8,10 @@ import socket
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from advtrain.data import NamedDataModule
-from training_helpers import quick_fit
+from training_helpers import Kill, quick_fit
 
 KEYS = {"val/acc", "val/pgd_acc", "val/attack_p_suc", "val/attack_l2_mean", "val/attack_l2_median",
         "val/attack_p_upp", "train/adv_l2", "train/adv_success", "train/acc", "train/loss"}
@@ -45,3 +46,32 @@ def test_two_process_adversarial_fit_reports_the_same_metrics_as_one(tmp_path, m
     assert val_keys <= set(one)
     for k in val_keys:  # same images (the first val_subset of the split) whatever the number of processes
         assert metrics[k] == pytest.approx(one[k], rel=0.02, abs=0.02), k
+
+
+class RankSeeds(Callback):
+    """Gives each process its own RNG stream (seed 100 + rank), so that restoring rank 0's state on
+    every rank would change rank 1's random starts: the resume test below can then fail."""
+
+    def on_train_start(self, trainer, pl_module) -> None:  # runs before the module's hook (resume)
+        torch.manual_seed(100 + trainer.global_rank)
+
+
+def test_two_process_run_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
+    """Every rank's RNG state is in the checkpoint: a 2-process run killed mid-epoch and resumed ends
+    with the weights of the uninterrupted run (random-start PGD draws differ per rank)."""
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    kw = dict(max_epochs=2, batches=4, accelerator="cpu", devices=2, strategy="ddp_spawn")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    ref, _ = quick_fit(tmp_path / "full", callbacks=[RankSeeds()], **kw)
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    with pytest.raises(Exception, match="killed"):
+        quick_fit(tmp_path / "run", callbacks=[RankSeeds(), Kill(7)], **kw)
+    last = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 6 and len(last["advtrain"]["rng"]) == 2  # mid-epoch 2 (4 steps an epoch)
+    assert not torch.equal(last["advtrain"]["rng"][0]["torch"], last["advtrain"]["rng"][1]["torch"])
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    resumed, _ = quick_fit(tmp_path / "run", callbacks=[RankSeeds()], ckpt_path=str(tmp_path / "run" / "last.ckpt"),
+                           **kw)
+    assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["global_step"] == 8
+    for (name, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -3,20 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 
-from training_helpers import quick_fit
+from training_helpers import Kill, quick_fit
 
-
-class Kill(Callback):
-    """Raises at the end of training batch number ``at`` (global step), before it is checkpointed."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.at:
-            raise RuntimeError("killed")
 
 
 @pytest.fixture(scope="module")

@@ -32,3 +32,14 @@ def quick_fit(root: Path, module_kw: dict[str, Any] | None = None, callbacks: Se
                          callbacks=[*callbacks, ckpt], default_root_dir=root, **trainer_kw)
     trainer.fit(module, dm, ckpt_path=ckpt_path)
     return module, trainer
+
+
+class Kill(Callback):
+    """Raises at the end of training batch number ``at`` (global step), before it is checkpointed."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.at:
+            raise RuntimeError("killed")

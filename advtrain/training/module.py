@@ -11,7 +11,7 @@ from torch import Tensor
 from ..models import build_model
 from .inner_attack import adversarial_loss, build_inner_attack, check_mix, clip_perturbation
 from .optim import build_optimizer, check_optimizer_options
-from .resume import resumable_loader, rng_state, set_rng_state
+from .resume import gather_rng_states, own_rng_state, resumable_loader, set_rng_state
 from .robustness_metrics import RobustnessMetrics
 
 #: checkpoint key of what this module adds (RNG states, identity of the model)
@@ -72,7 +72,7 @@ class AdversarialTrainingModule(pl.LightningModule):
         val_att = build_inner_attack(val_attack, val_attack_options) if val_attack else None
         self.val_metrics = RobustnessMetrics(num_classes, pgd, val_att, val_subset, d_upp)
         self.test_metrics = RobustnessMetrics(num_classes, pgd, val_att, val_subset, d_upp)
-        self._resume_rng: dict | None = None
+        self._resume_rng: list[dict] | dict | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -157,7 +157,9 @@ class AdversarialTrainingModule(pl.LightningModule):
         dm._advtrain_wrapped = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CKPT_KEY] = {"rng": rng_state(), "model": self.hparams.model,
+        """Model identity and every process' RNG state (Lightning runs this hook on all ranks and
+        writes rank 0's dict, so the states are gathered into it)."""
+        checkpoint[CKPT_KEY] = {"rng": gather_rng_states(), "model": self.hparams.model,
                                 "num_classes": self.hparams.num_classes}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -174,11 +176,11 @@ class AdversarialTrainingModule(pl.LightningModule):
         if bad or missing:
             raise ValueError(f"checkpoint weights do not fit model {self.hparams.model!r}: "
                              f"{len(bad)} tensors of other shapes ({bad[:3]}), {len(missing)} missing ({missing[:3]})")
-        self._resume_rng = saved.get("rng")
+        self._resume_rng = saved.get("rng")  # per rank; this process' entry is picked when training starts
 
     def on_train_start(self) -> None:
         if self._resume_rng is not None:  # the latest point before the first resumed training batch
-            set_rng_state(self._resume_rng)
+            set_rng_state(own_rng_state(self._resume_rng))
             self._resume_rng = None
 
 

@@ -4,11 +4,13 @@ Lightning restores model, optimizer, schedulers and loop counters from a checkpo
 shuffled ``DataLoader`` draws a new permutation when resumed mid-epoch, and the RNG state (used by
 random-start attacks and dropout) is not saved. :class:`EpochSampler` derives each epoch's order
 from ``(seed, epoch)`` alone and skips the batches already trained; :func:`rng_state` /
-:func:`set_rng_state` carry the generators through the checkpoint.
+:func:`set_rng_state` carry the generators through the checkpoint, one state per process
+(:func:`gather_rng_states`, :func:`own_rng_state`).
 """
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Callable, Iterator
 
 import numpy as np
@@ -128,3 +130,32 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng_states() -> list[dict]:
+    """:func:`rng_state` of every process, indexed by rank (a list of one without a process group).
+
+    A collective: under DDP every rank must call it (Lightning's checkpoint hooks run on all ranks).
+    """
+    world, _ = world_and_rank()
+    if world == 1:
+        return [rng_state()]
+    states: list = [None] * world
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def own_rng_state(saved: "list[dict] | dict | None") -> dict | None:
+    """This process' entry of :func:`gather_rng_states` (checkpoints of one process: a single dict).
+
+    A checkpoint written by another number of processes cannot resume exactly (the sampler shards
+    differently too): a warning says so and rank 0's state is used.
+    """
+    if saved is None or isinstance(saved, dict):
+        return saved
+    world, rank = world_and_rank()
+    if len(saved) != world:
+        warnings.warn(f"checkpoint written by {len(saved)} process(es), resumed on {world}: the run "
+                      "continues, but not exactly as the original would have", stacklevel=2)
+        return saved[0]
+    return saved[rank]
