@@ -248,3 +248,19 @@ def test_success_is_measured_when_read_and_refused_on_a_changed_model():
         model[-1].weight.add_(0.01)  # any in-place update of a parameter, as an optimizer step does
     with pytest.raises(RuntimeError, match="model changed"):
         late.success
+
+
+@pytest.mark.parametrize("name", ["pgd_l2", "ddn", "bp"])
+def test_inner_loop_attacks_under_bf16_autocast(name, trained_c4, correct_test_batch):
+    """Training with bf16-mixed precision runs the attack under autocast: the losses are taken in fp32
+    (losses.py casts the logits), images stay float32 in the box, and the result is that of fp32."""
+    x, y = correct_test_batch[0][:32], correct_test_batch[1][:32]
+    attack = build_attack(name, quantize=True, **({"eps": 2.0} if name == "pgd_l2" else {}))
+    ref = attack(trained_c4, x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        res = attack(trained_c4, x, y)
+        check_result(name, attack, trained_c4, x, y, res)
+    assert res.x_adv.dtype == torch.float32
+    assert abs(float(res.success.float().mean()) - float(ref.success.float().mean())) <= 0.1
+    both = res.success & ref.success
+    assert float(res.l2[both].mean()) == pytest.approx(float(ref.l2[both].mean()), rel=0.1)
