@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from advtrain.attacks import build_attack
-from advtrain.attacks.bp import BP, gamma_schedule, q_in, q_out
+from advtrain.attacks.bp import gamma_schedule, in_target, out_target, q_in, q_out
 from advtrain.attacks.norms import clip_box, l2_norm, normalize_l2, quantize
 from advtrain.evaluation.metrics import least_distortion
 
@@ -89,7 +89,7 @@ def test_gamma_schedule_is_eq_5_1():
 def test_out_target_on_sphere_and_tangent_plane_closest_to_y(stage2_inputs):
     """Eq. 5.4: z on S[x; gamma ||r||] and on the plane P through y normal to g_hat, on y's side of v*."""
     x, y, g_hat = stage2_inputs
-    z, _, v_star = BP._stage2_targets(x, y, g_hat, 0.8)
+    z, v_star = out_target(x, y, g_hat, 0.8)
     assert torch.allclose(l2_norm(z - x), 0.8 * l2_norm(y - x), rtol=1e-4)
     assert dot(z - y, g_hat).abs().max() < 1e-4
     assert torch.allclose(normalize_l2(z - v_star), normalize_l2(y - v_star), atol=1e-4)
@@ -99,7 +99,7 @@ def test_out_target_is_v_star_when_sphere_misses_plane(stage2_inputs):
     """|rho| >= eps (r along -g_hat): z = v*, the point of P closest to x (eq. 5.5-5.6)."""
     x, _, g_hat = stage2_inputs
     y = x - 0.5 * g_hat + 0.01 * normalize_l2(torch.ones_like(x))
-    z, _, v_star = BP._stage2_targets(x, y, g_hat, 0.8)
+    z, v_star = out_target(x, y, g_hat, 0.8)
     assert torch.allclose(z, v_star, atol=1e-6)
     assert torch.allclose(l2_norm(z - x), dot(y - x, g_hat).abs(), rtol=1e-4)
 
@@ -107,7 +107,7 @@ def test_out_target_is_v_star_when_sphere_misses_plane(stage2_inputs):
 def test_in_target_along_minus_gradient_on_larger_sphere(stage2_inputs):
     """Eq. 5.9: z = y - t g_hat, t > 0, with ||z - x|| = ||r|| / gamma."""
     x, y, g_hat = stage2_inputs
-    _, z, _ = BP._stage2_targets(x, y, g_hat, 0.8)
+    z = in_target(x, y, g_hat, 0.8)
     step = z - y
     assert torch.allclose(l2_norm(z - x), l2_norm(y - x) / 0.8, rtol=1e-4)
     assert torch.allclose(normalize_l2(step), -g_hat, atol=1e-4)
@@ -117,7 +117,7 @@ def test_in_target_along_minus_gradient_on_larger_sphere(stage2_inputs):
 def test_q_out_keeps_distortion_where_rounding_misses_it(stage2_inputs, gamma):
     """Eq. 5.7: the quantized OUT step lands at or just below ||z - x||; plain rounding mostly lands above."""
     x, y, g_hat = stage2_inputs
-    z, _, v_star = BP._stage2_targets(x, y, g_hat, gamma)
+    z, v_star = out_target(x, y, g_hat, gamma)
     target, out = l2_norm(z - x), q_out(z, y, x, v_star)
     assert torch.equal(out, quantize(out))
     assert bool((l2_norm(out - x) <= target + 1e-6).all())

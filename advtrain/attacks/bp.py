@@ -54,6 +54,29 @@ def q_in(z: Tensor, y: Tensor, beta_min: float) -> Tensor:
     return quantize_step(y, d, beta)
 
 
+def out_target(x: Tensor, y: Tensor, g_hat: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
+    """Case OUT's real-valued target z and v* (thesis eq. 5.4-5.6), per sample.
+
+    r = y - x, rho = <r, g_hat>, eps = gamma ||r||, v* = x + rho g_hat (the point of the plane
+    through y normal to g_hat closest to x), z = v* + n(y - v*) sqrt([eps^2 - rho^2]_+).
+    """
+    r = y - x
+    rho = (r * g_hat).flatten(1).sum(1)
+    eps = gamma * l2_norm(r)
+    v_star = x + view_as_batch(rho, x) * g_hat
+    return v_star + normalize_l2(y - v_star) * view_as_batch((eps ** 2 - rho ** 2).clamp_min(0).sqrt(), x), v_star
+
+
+def in_target(x: Tensor, y: Tensor, g_hat: Tensor, gamma: float) -> Tensor:
+    """Case IN's real-valued target (thesis eq. 5.9): z = y - (rho + sqrt(eps^2 - ||r||^2 + rho^2)) g_hat,
+    eps = ||r|| / gamma, so that ||z - x|| = eps."""
+    r = y - x
+    r_norm = l2_norm(r)
+    rho = (r * g_hat).flatten(1).sum(1)
+    eps = r_norm / gamma
+    return y - view_as_batch(rho + (eps ** 2 - r_norm ** 2 + rho ** 2).clamp_min(0).sqrt(), x) * g_hat
+
+
 @register_attack("bp")
 class BP(Attack):
     """Boundary Projection: reach the boundary fast, then walk along it (thesis 5.2).
@@ -64,7 +87,7 @@ class BP(Attack):
           z = v* + n(y - v*) sqrt([eps^2 - rho^2]_+) (eq. 5.4-5.6), y <- Q_OUT(z, y) (eq. 5.7);
       IN (y not adversarial): eps = ||r|| / gamma_i,
           z = y - (rho + sqrt(eps^2 - ||r||^2 + rho^2)) g_hat (eq. 5.9), y <- Q_IN(z, y) (eq. 5.10).
-    gamma_i follows eq. 5.1. Every sample has its own stage and case (``torch.where`` masks).
+    gamma_i follows eq. 5.1. Every sample has its own stage and case, and computes only that one.
     Without ``quantize`` the steps are only clipped to [0, 1] (Q_OUT, Q_IN are identities).
 
     Checked against the authors' TensorFlow code (hanwei0912/walking-on-the-edge-...): same
@@ -114,28 +137,33 @@ class BP(Attack):
             best.update(y, adv)  # stage 2 from the first adversarial iterate on (best.found)
             gamma = gamma_schedule(i, self.steps, self.gamma_min)
             g_hat = normalize_l2(g)
-            y_stage1 = y - self.alpha * gamma * g_hat
-            z_out, z_in, v_star = self._stage2_targets(x, y, g_hat, gamma)
-            if self.quantize:
-                y_stage1 = quantize_8bit(clip_box(y_stage1))
-                y_out, y_in = q_out(z_out, y, x, v_star, self.line_search_steps), q_in(z_in, y, self.beta_min)
-            else:
-                y_stage1, y_out, y_in = clip_box(y_stage1), clip_box(z_out), clip_box(z_in)
-            stage2, out = view_as_batch(best.found, y), view_as_batch(adv, y)
-            y = torch.where(stage2, torch.where(out, y_out, y_in), y_stage1)
+            # each sample computes only its own case: stage 1, OUT or IN (the Q_OUT search is the
+            # costly one); a case covering the whole batch runs without gather/scatter
+            cases = (~best.found, best.found & adv, best.found & ~adv)
+            steps = (self._stage1_step, self._out_step, self._in_step)
+            y_next = torch.empty_like(y)
+            for mask, step in zip(cases, steps):
+                if bool(mask.all()):
+                    y_next = step(x, y, g_hat, gamma)
+                    break
+                idx = mask.nonzero().squeeze(1)
+                if idx.numel():
+                    y_next[idx] = step(x[idx], y[idx], g_hat[idx], gamma)
+            y = y_next
         best.update(y, ctx.is_adv(ctx.logits(y)))
         return best.result()[0]
 
-    @staticmethod
-    def _stage2_targets(x: Tensor, y: Tensor, g_hat: Tensor, gamma: float) -> tuple[Tensor, Tensor, Tensor]:
-        """Real-valued targets z of cases OUT (eq. 5.4-5.6) and IN (eq. 5.9), and v* (eq. 5.4), per sample."""
-        r = y - x
-        r_norm = l2_norm(r)
-        rho = (r * g_hat).flatten(1).sum(1)
-        eps_out = gamma * r_norm
-        v_star = x + view_as_batch(rho, x) * g_hat
-        z_out = v_star + normalize_l2(y - v_star) * view_as_batch((eps_out ** 2 - rho ** 2).clamp_min(0).sqrt(), x)
-        eps_in = r_norm / gamma
-        step_in = rho + (eps_in ** 2 - r_norm ** 2 + rho ** 2).clamp_min(0).sqrt()
-        z_in = y - view_as_batch(step_in, x) * g_hat
-        return z_out, z_in, v_star
+    def _stage1_step(self, x: Tensor, y: Tensor, g_hat: Tensor, gamma: float) -> Tensor:
+        """Alg. 1: y - alpha gamma_i n(g), clipped (and quantized)."""
+        y1 = clip_box(y - self.alpha * gamma * g_hat)
+        return quantize_8bit(y1) if self.quantize else y1
+
+    def _out_step(self, x: Tensor, y: Tensor, g_hat: Tensor, gamma: float) -> Tensor:
+        """Case OUT with Q_OUT (eq. 5.7): y is adversarial, shrink the distortion."""
+        z, v_star = out_target(x, y, g_hat, gamma)
+        return q_out(z, y, x, v_star, self.line_search_steps) if self.quantize else clip_box(z)
+
+    def _in_step(self, x: Tensor, y: Tensor, g_hat: Tensor, gamma: float) -> Tensor:
+        """Case IN with Q_IN (eq. 5.10): y is not adversarial, grow the distortion."""
+        z = in_target(x, y, g_hat, gamma)
+        return q_in(z, y, self.beta_min) if self.quantize else clip_box(z)
