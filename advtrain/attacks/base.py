@@ -78,11 +78,22 @@ class AttackContext:
     targets: Tensor | None
     loss_fn: Callable[..., Tensor]
     grads: int = 0
+    checked: bool = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The model's logits; the first call also checks them (logits, not probabilities) and the
+        labels' range against their width, before any loss is taken (no extra forward pass)."""
+        logits = self.model(x)
+        if not self.checked:
+            check_logits(logits)
+            check_label_range(self.y, self.targets, logits.shape[1])
+            self.checked = True
+        return logits
 
     def logits(self, x: Tensor) -> Tensor:
         """Forward pass (no gradient bookkeeping)."""
         with torch.no_grad():
-            return self.model(x)
+            return self.forward(x)
 
     def loss_and_grad(self, x: Tensor, loss_fn: Callable[..., Tensor] | None = None,
                       ) -> tuple[Tensor, Tensor, Tensor]:
@@ -92,7 +103,7 @@ class AttackContext:
         accumulates. Counts one gradient computation.
         """
         x = x.detach().requires_grad_(True)
-        logits = self.model(x)
+        logits = self.forward(x)
         loss = (loss_fn or self.loss_fn)(logits, self.y, self.targets)
         (grad,) = torch.autograd.grad(loss.sum(), x)
         self.grads += 1
@@ -210,10 +221,6 @@ class Attack:
             if targets is not None:
                 targets = targets.detach().clone() if targets.is_inference() else targets.detach()
             check_inputs(x, y, targets, None)  # before any forward: rank, range, NaN, label shape
-            with torch.no_grad():
-                logits0 = model(x[:1])
-            check_logits(logits0)
-            check_label_range(y, targets, logits0.shape[1])
             ctx = AttackContext(model, x, y, targets, self.loss_fn)
             x_adv = self._run(ctx).detach()
             delta = x_adv - x

@@ -86,7 +86,7 @@ class CarliniWagnerL2(Attack):
             found = torch.zeros_like(best.found)
             for _ in range(self.steps):
                 x_adv, r = self._perturb(z, x, state)
-                logits = ctx.model(x_adv)
+                logits = ctx.forward(x_adv)
                 objective = r.flatten(1).square().sum(1) + const * loss_fn(logits, ctx.y, ctx.targets)
                 opt.zero_grad(set_to_none=True)
                 objective.sum().backward()
