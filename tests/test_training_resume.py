@@ -15,14 +15,16 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kill_at", [13, 17])  # mid-epoch 1 (adversarial, after the clean epoch), mid-epoch 2
-def test_killed_and_resumed_run_ends_with_the_same_weights_and_metrics(tmp_path, uninterrupted, kill_at):
+def test_killed_and_resumed_run_ends_with_the_same_weights_and_metrics(tmp_path, uninterrupted, kill_at, recwarn):
     ref, ref_metrics = uninterrupted
     with pytest.raises(RuntimeError, match="killed"):
         quick_fit(tmp_path, callbacks=[Kill(kill_at)])
     last = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert last["global_step"] == kill_at - kill_at % 3 and last["global_step"] % 8 != 0  # mid-epoch
+    recwarn.clear()
     module, trainer = quick_fit(tmp_path, ckpt_path=str(tmp_path / "last.ckpt"))
     assert trainer.global_step == 24
+    assert not [w for w in recwarn if "not resumable" in str(w.message)], "Lightning sees a non-resumable loader"
     for (name, a), b in zip(ref.state_dict().items(), module.state_dict().values()):
         assert torch.equal(a, b), name
     metrics = dict(trainer.callback_metrics)

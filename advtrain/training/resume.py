@@ -97,16 +97,34 @@ class EpochSampler(DistributedSampler):
         return iter(idx[start:] if start < len(idx) else idx)
 
 
-def resumable_loader(loader: DataLoader, seed: int, progress: Progress) -> DataLoader:
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` over an :class:`EpochSampler`: resumable mid-epoch.
+
+    Its position needs no state of its own (the sampler reads the training progress), so
+    ``state_dict`` holds the sampler's seed only; ``load_state_dict`` warns when a run resumes with
+    another seed (another data order). Having the two methods is what tells Lightning the loader
+    resumes exactly (otherwise it warns on a mid-epoch resume).
+    """
+
+    def state_dict(self) -> dict:
+        return {"seed": self.sampler.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed", self.sampler.seed) != self.sampler.seed:
+            warnings.warn(f"resuming with data order seed {self.sampler.seed}, the checkpoint used "
+                          f"{state['seed']}: the remaining batches differ from the original run", stacklevel=2)
+
+
+def resumable_loader(loader: DataLoader, seed: int, progress: Progress) -> ResumableLoader:
     """The same loader (dataset, batch size, workers, collate) with an :class:`EpochSampler`."""
     if loader.batch_size is None:
         raise ValueError("exact resume needs a DataLoader with a batch_size (no custom batch_sampler)")
     sampler = EpochSampler(len(loader.dataset), loader.batch_size, seed, progress, loader.drop_last)
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-                      num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                      pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-                      persistent_workers=loader.persistent_workers if loader.num_workers > 0 else False,
-                      worker_init_fn=loader.worker_init_fn)
+    return ResumableLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
+                           num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                           pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+                           persistent_workers=loader.persistent_workers if loader.num_workers > 0 else False,
+                           worker_init_fn=loader.worker_init_fn)
 
 
 def rng_state() -> dict:
