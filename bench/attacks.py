@@ -6,7 +6,8 @@ images; ``--cifar`` adds cifar_cnn on random 32x32 images), prints
 (for 20-gradient attacks: 20 passes; target <= 1.15; each repeat times the attack and its floor
 back to back), the same with the success mask read (``+success``: one more forward, run only when
 a caller reads ``AttackResult.success``), and the time ratio ours / peer where a peer exists
-(peers return images only, so the call is the like-for-like comparison). Medians over repeats after a
+(peers return images only, so the call is the like-for-like comparison; median of per-repeat
+ratios, ours and the peer run back to back). Medians over repeats after a
 warm-up. ``--clock cpu`` measures process CPU time, steadier on a shared machine.
 
     .venv/bin/python bench/attacks.py [--quick] [--threads 2] [--clock wall|cpu] [--cifar]
@@ -135,10 +136,11 @@ def bench_model(label: str, model: nn.Module, x: Tensor, y: Tensor, repeats: int
         t, overhead = median_ratio(lambda: attack(model, x, y), floor, repeats)
         _, overhead_s = median_ratio(lambda: attack(model, x, y).success, floor, repeats)
         peer_make = peers.get(PEER_OF.get(row, ""))
-        if peer_make is not None:
+        if peer_make is not None:  # timed back to back with ours, like the floor
             peer = peer_make(model)
             t_peer = median_time(lambda: peer(x, y), repeats)
-            peer_cols = f"{t_peer:>9.3f}{t / t_peer:>10.2f}"
+            _, vs_peer = median_ratio(lambda: attack(model, x, y), lambda: peer(x, y), repeats)
+            peer_cols = f"{t_peer:>9.3f}{vs_peer:>10.2f}"
         else:
             peer_cols = f"{'-':>9}{'-':>10}"
         print(f"{row:<15}{grads:>6}{t:>9.3f}{overhead:>10.2f}{overhead_s:>10.2f}{peer_cols}", flush=True)
