@@ -15,18 +15,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
+
+from ..evaluation.distributed import dist_info, gather
 
 #: returns (training batches fetched so far over all epochs, Lightning's ``limit_train_batches``)
 Progress = Callable[[], tuple[int, "int | float"]]
-
-
-def world_and_rank() -> tuple[int, int]:
-    """(number of processes, this process' rank): (1, 0) without a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 class EpochSampler(DistributedSampler):
@@ -50,11 +44,11 @@ class EpochSampler(DistributedSampler):
 
     @property
     def num_replicas(self) -> int:  # type: ignore[override]
-        return world_and_rank()[0]
+        return dist_info()[1]
 
     @property
     def rank(self) -> int:  # type: ignore[override]
-        return world_and_rank()[1]
+        return dist_info()[0]
 
     @property
     def num_samples(self) -> int:  # type: ignore[override]
@@ -155,12 +149,7 @@ def gather_rng_states() -> list[dict]:
 
     A collective: under DDP every rank must call it (Lightning's checkpoint hooks run on all ranks).
     """
-    world, _ = world_and_rank()
-    if world == 1:
-        return [rng_state()]
-    states: list = [None] * world
-    dist.all_gather_object(states, rng_state())
-    return states
+    return gather(rng_state())
 
 
 def own_rng_state(saved: "list[dict] | dict | None") -> dict | None:
@@ -171,7 +160,7 @@ def own_rng_state(saved: "list[dict] | dict | None") -> dict | None:
     """
     if saved is None or isinstance(saved, dict):
         return saved
-    world, rank = world_and_rank()
+    rank, world = dist_info()
     if len(saved) != world:
         warnings.warn(f"checkpoint written by {len(saved)} process(es), resumed on {world}: the run "
                       "continues, but not exactly as the original would have", stacklevel=2)

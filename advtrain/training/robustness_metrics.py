@@ -16,7 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..attacks import Attack
 from ..evaluation.metrics import attack_stats
-from .resume import world_and_rank
+from ..evaluation.distributed import dist_info
 
 
 class RobustnessMetrics(nn.Module):
@@ -48,7 +48,7 @@ class RobustnessMetrics(nn.Module):
 
     def update(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
         """One batch of the split, in loader order."""
-        world, rank = world_and_rank()
+        rank, world = dist_info()
         local = self._seen + torch.arange(x.shape[0], device=x.device)
         self._seen += x.shape[0]
         index = rank + local * world  # index in the split (DistributedSampler without shuffling)
