@@ -54,6 +54,8 @@ class _FAB(Attack):
     """
 
     family = "success"
+    #: radius of the random restarts' ball before any adversarial is known (AutoAttack's eps)
+    default_restart_radius: float = 1.0
 
     def __init__(self, steps: int = 100, restarts: int = 1, alpha_max: float = 0.1, eta: float = 1.05,
                  beta: float = 0.9, targeted: bool = False, n_target_classes: int = 9,
@@ -73,8 +75,6 @@ class _FAB(Attack):
         self.alpha_max, self.eta, self.beta = float(alpha_max), float(eta), float(beta)
         self.targeted, self.n_target_classes = bool(targeted), int(n_target_classes)
         self.restart_radius = float(radius)
-
-    default_restart_radius: float = 1.0
 
     def _run(self, ctx: AttackContext) -> Tensor:
         x, y = ctx.x, ctx.y
@@ -113,35 +113,29 @@ class _FAB(Attack):
             x1 = torch.where(view_as_batch(adv, x), x + self.beta * (x1 - x), x1)
 
     def _random_start(self, x: Tensor, best_dist: Tensor) -> Tensor:
-        """x + t, t random with ||t|| = min(best distance, ``restart_radius``) / 2, clipped."""
+        """x + t, t uniform in direction (L2) or in the cube (Linf), ||t|| = min(best distance,
+        ``restart_radius``) / 2, clipped to the box."""
+        if self.norm == "l2":
+            t = normalize_l2(torch.randn_like(x))
+        else:
+            t = torch.empty_like(x).uniform_(-1.0, 1.0)
+            t = t / view_as_batch(NORMS["linf"](t).clamp_min(1e-12), x)
         radius = best_dist.clamp(max=self.restart_radius) / 2
-        t = self._random_direction(x)
         return clip_box(x + t * view_as_batch(radius, x))
-
-    def _random_direction(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
 
 
 @register_attack("fab_l2")
 class FABL2(_FAB):
-    """FAB minimising the L2 distortion; random restarts along a uniform direction."""
+    """FAB minimising the L2 distortion (restart radius 1.0: AutoAttack's default eps for L2)."""
 
     name = "fab_l2"
     norm = "l2"
-    default_restart_radius = 1.0  # AutoAttack's default eps for L2
-
-    def _random_direction(self, x: Tensor) -> Tensor:
-        return normalize_l2(torch.randn_like(x))
 
 
 @register_attack("fab_linf")
 class FABLinf(_FAB):
-    """FAB minimising the Linf distortion; random restarts uniform in the Linf ball."""
+    """FAB minimising the Linf distortion (restart radius 0.3: AutoAttack's default eps for Linf)."""
 
     name = "fab_linf"
     norm = "linf"
-    default_restart_radius = 0.3  # AutoAttack's default eps for Linf
-
-    def _random_direction(self, x: Tensor) -> Tensor:
-        t = torch.empty_like(x).uniform_(-1.0, 1.0)
-        return t / view_as_batch(NORMS["linf"](t).clamp_min(1e-12), x)
+    default_restart_radius = 0.3

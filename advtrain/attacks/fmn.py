@@ -24,14 +24,21 @@ class _FMN(Attack):
     (default alpha_init / 100, the authors' default) and ``gamma_final``; eps is capped at the
     largest distortion the box allows. Returns the successful iterate of least distortion.
 
-    ``quantize``: the iterate delta stays real-valued (small late steps accumulate), but the
-    model only ever sees its 8-bit rounding Q(x + delta): gradient, success, eps update and the
-    kept best all use the rounded point, so the result is the best successful ROUNDED iterate at
-    no extra forward pass (rounding delta itself at every step, as DDN does, freezes FMN once
-    alpha_k falls below half a grey level: see the module's numbers in the report).
+    ``quantize``: the iterate delta stays real-valued (small late steps still accumulate), but
+    the model only ever sees its 8-bit rounding Q(x + delta): gradient, success, eps update and
+    the kept best all use the rounded point, so the result is the best successful ROUNDED
+    iterate at no extra forward pass. On the C4 (32 images, 100 steps) this equals rounding the
+    iterate itself at every step as DDN does (L2 1.436 both, success 1.0), while rounding the
+    unquantized result afterwards keeps only 0.47 of the successes (Linf: 0.63).
 
-    Default 100 steps: the paper shows FMN converging within ~100 steps (its query-distortion
-    curves); 1,000 is the peers' "strongest" setting. Cost: ``steps`` forward+backward passes and
+    ``min_growth`` (default True): until the first adversarial, eps also grows at least by
+    (1 + gamma_k) per step. With the paper's rule alone (``min_growth=False``), eps = ||delta|| +
+    |L| / ||g||_dual shrinks onto a boundary the linearisation keeps underestimating: on the C4,
+    100 steps, success 0.02 (adv_lib's fmn: 0.05); with it 1.00 at L2 1.40 (DDN-100: 1.37).
+
+    Default 100 steps: the paper's query-distortion curves flatten by ~100 steps, and on the C4
+    (64 images) 300 steps give the same mean L2 (1.3990 vs 1.3991); 1,000 is the peers'
+    "strongest" setting, for the benches. Cost: ``steps`` forward+backward passes and
     one extra forward on the last iterate.
     """
 
