@@ -248,7 +248,7 @@ class BestTracker:
         self.x = x
         self.distance = distance
         self.best = x.clone()
-        self.best_l2 = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)
+        self.best_l2 = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)  # in `distance`
         self.found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
 
     def update(self, x_cand: Tensor, is_adv: Tensor) -> None:
