@@ -238,19 +238,21 @@ class Attack:
 
 
 class BestTracker:
-    """Keeps, per sample, the successful iterate of least L2 distortion (thesis 5.2.3).
+    """Keeps, per sample, the successful iterate of least distortion (thesis 5.2.3).
 
+    ``distance`` measures it (per-sample L2 by default; ``linf_norm`` for Linf attacks).
     Samples never found adversarial keep the clean image and are marked failed.
     """
 
-    def __init__(self, x: Tensor) -> None:
+    def __init__(self, x: Tensor, distance: Callable[[Tensor], Tensor] = l2_norm) -> None:
         self.x = x
+        self.distance = distance
         self.best = x.clone()
-        self.best_l2 = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)
+        self.best_l2 = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)  # in `distance`
         self.found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
 
     def update(self, x_cand: Tensor, is_adv: Tensor) -> None:
-        l2 = l2_norm(x_cand - self.x)
+        l2 = self.distance(x_cand - self.x)
         better = is_adv & (l2 < self.best_l2)
         self.best = torch.where(better.view(-1, *([1] * (x_cand.dim() - 1))), x_cand, self.best)
         self.best_l2 = torch.where(better, l2, self.best_l2)

@@ -67,3 +67,61 @@ def project_l2(x_adv: Tensor, x: Tensor, eps: Tensor | float) -> Tensor:
 def project_sphere(x_adv: Tensor, x: Tensor, radius: Tensor) -> Tensor:
     """Projection onto the sphere S_2[x; radius] (thesis eq. 2.20), no box clipping."""
     return x + normalize_l2(x_adv - x) * view_as_batch(radius, x)
+
+
+def l1_norm(t: Tensor) -> Tensor:
+    """Per-sample L1 norm."""
+    return _flat(t).abs().sum(dim=1)
+
+
+#: the per-sample norm of each threat model, and its dual (the norm of a gradient that gives the
+#: first-order distance |f| / ||grad f||_dual to a hyperplane)
+NORMS = {"l2": l2_norm, "linf": linf_norm, "l1": l1_norm}
+DUAL_NORMS = {"l2": l2_norm, "linf": l1_norm}
+
+
+def project_ball(x_adv: Tensor, x: Tensor, eps: Tensor | float, norm: str) -> Tensor:
+    """proj onto B_norm[x; eps] then the box, ``norm`` "l2" or "linf" (thesis eq. 2.14, 2.16)."""
+    return project_l2(x_adv, x, eps) if norm == "l2" else project_linf(x_adv, x, eps)
+
+
+def box_radius(x: Tensor, norm: str) -> Tensor:
+    """The largest distortion reachable inside the box [0, 1] from x: ||max(x, 1 - x)||."""
+    return NORMS[norm](torch.maximum(x, 1.0 - x))
+
+
+def project_hyperplane_box(p: Tensor, w: Tensor, b: Tensor, norm: str) -> Tensor:
+    """Least-``norm`` d with <w, p + d> = b and p + d in [0, 1], per sample (FAB's projection,
+    Croce & Hein 2020, eq. 3 with the box).
+
+    Both the L2 and the Linf solution are d_i(t) = clip(t v_i, -p_i, 1 - p_i) for the least t >= 0
+    meeting the constraint, with v = w (L2) or sign(w) (Linf) after w, b are flipped so that the
+    gap c = b - <w, p> is >= 0. phi(t) = <w, d(t)> is piecewise linear and non-decreasing with
+    breakpoints t_i = s_i / v_i (s_i the bound coordinate i saturates at), so t is exact after
+    sorting them: for t between breakpoints, phi(t) = sum_saturated w_i s_i + t sum_free w_i v_i.
+    When even t = inf misses c (the plane lies outside the box), every coordinate saturates.
+    """
+    shape = p.shape
+    p, w = p.flatten(1), w.flatten(1)
+    c = b - (w * p).sum(1)
+    sign = torch.where(c < 0, -1.0, 1.0).to(w.dtype)
+    w, c = w * sign[:, None], c * sign
+    v = w if norm == "l2" else w.sign()
+    lb, ub = -p, 1.0 - p
+    s = torch.where(w > 0, ub, lb)
+    moving = v != 0
+    t = torch.where(moving, s / torch.where(moving, v, torch.ones_like(v)), torch.full_like(v, float("inf")))
+    t, order = t.sort(dim=1)
+    ws = (w * s * moving).gather(1, order)
+    wv = (w * v).gather(1, order)
+    saturated = ws.cumsum(1) - ws  # sum of w_i s_i over the breakpoints before k
+    free = wv.flip(1).cumsum(1).flip(1)  # sum of w_i v_i over k and after
+    phi = saturated + torch.where(free > 0, t * free, torch.zeros_like(t))
+    reach = phi >= c[:, None]
+    feasible = reach.any(1)
+    k = reach.int().argmax(1, keepdim=True)
+    lam = ((c[:, None] - saturated.gather(1, k)) / free.gather(1, k).clamp_min(torch.finfo(w.dtype).tiny)).squeeze(1)
+    lam = torch.where(feasible, lam.clamp_min(0.0), torch.zeros_like(lam))
+    d = torch.minimum(torch.maximum(view_as_batch(lam, v) * v, lb), ub)
+    d = torch.where(feasible[:, None], d, torch.where(moving, s, torch.zeros_like(s)))
+    return d.view(shape)
