@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterator
 
@@ -175,9 +176,17 @@ def check_logits(logits: Tensor) -> None:
 
 
 def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-    """Validate a numeric hyper-parameter."""
-    if value is None or math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    """Validate a numeric hyper-parameter: a finite real number, > 0 (or >= 0 with ``allow_zero``)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value}")
+
+
+def check_flag(name: str, value: bool) -> None:
+    """Validate a boolean option (a string such as 'no' is not a boolean: it would count as true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be true or false, got {type(value).__name__} {value!r}")
 
 
 def check_count(name: str, value: int) -> None:
@@ -204,7 +213,9 @@ class Attack:
     default_loss: ClassVar[str] = "ce"
 
     def __init__(self, *, quantize: bool = False, loss: str | None = None, eval_mode: bool = True) -> None:
-        self.quantize = bool(quantize)
+        check_flag("quantize", quantize)
+        check_flag("eval_mode", eval_mode)
+        self.quantize = quantize
         self.loss = loss or self.default_loss
         self.loss_fn = get_loss(self.loss)
         self.eval_mode = eval_mode
