@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..models import build_model
+from ..models.fingerprint import check_finite_state
 
 PREFIX = "model."  # AdversarialTrainingModule keeps the classifier in ``self.model``
 
@@ -30,9 +31,15 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any], dict[s
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
         detail = next((ln for ln in str(e).splitlines() if "Unsupported global" in ln), type(e).__name__)
         raise ValueError(f"{path} cannot be loaded safely with weights_only=True ({detail.strip()})") from None
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise ValueError(f"{path} is a plain state_dict (weights only); evaluate.py needs a train.py checkpoint, "
+                         "which also names the model ('hyper_parameters')")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ValueError(f"{path} is not a train.py (Lightning) checkpoint: it needs 'state_dict' and "
                          "'hyper_parameters'")
+    if not isinstance(ckpt["state_dict"], dict) or not isinstance(ckpt["hyper_parameters"], dict):
+        raise ValueError(f"{path}: 'state_dict' and 'hyper_parameters' must be mappings")
+    check_finite_state(ckpt["state_dict"], str(path))
     hp = dict(ckpt["hyper_parameters"])
     if "model" not in hp:
         raise ValueError(f"{path}: hyper_parameters has no 'model' name; was it written by train.py?")
@@ -41,5 +48,5 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any], dict[s
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit model {hp['model']!r}: {str(e).splitlines()[0]}") from None
+        raise ValueError(f"{path}: weights do not fit model {hp['model']!r}: {' '.join(str(e).split())[:300]}") from None
     return model.eval(), hp, dict(ckpt.get("datamodule_hyper_parameters") or {})
