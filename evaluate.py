@@ -128,7 +128,8 @@ def evaluate(args: argparse.Namespace, job: dict) -> dict:
     if rank == 0:
         out = job["out"]
         write_report(results, out / "report.md")
-        plot_curves(results, out / "curves.png")
+        if any(e.get("status") == "done" for e in results["attacks"].values()):  # no curve when all crashed
+            plot_curves(results, out / "curves.png")
         examples = torch.load(out / "examples.pt", weights_only=True) if (out / "examples.pt").is_file() else []
         plot_examples(examples, out / "examples.png")
         if args.logger == "wandb":
