@@ -211,6 +211,8 @@ class Attack:
     #: norm in which the budget ``eps`` of a distortion-targeted attack is measured ("l2" or "linf")
     norm: ClassVar[str] = "l2"
     default_loss: ClassVar[str] = "ce"
+    #: False for untargeted-only attacks (they refuse ``targets`` with a ValueError naming "untargeted")
+    supports_targets: ClassVar[bool] = True
 
     def __init__(self, *, quantize: bool = False, loss: str | None = None, eval_mode: bool = True) -> None:
         check_flag("quantize", quantize)
