@@ -495,3 +495,12 @@ def test_a_second_run_into_a_finished_runs_folder_is_refused(tmp_path):
     before = (tmp_path / "last.ckpt").read_bytes()
     one_line(lambda: quick_fit(tmp_path, **kw), "holds the checkpoint of another run")
     assert (tmp_path / "last.ckpt").read_bytes() == before
+
+
+def test_a_user_suite_that_omits_quantize_mode_rounds_where_the_attack_does():
+    """DDN, BP and C&W round every iterate (``rounds_iterates``): a suite entry without quantize_mode
+    must run them with quantize=True per variant, not round their real-valued output afterwards."""
+    from advtrain.evaluation import load_suite
+
+    modes = {s.attack: s.quantize_mode for s in load_suite([{"attack": a} for a in ("ddn", "bp", "cw_l2", "deepfool")])}
+    assert modes == {"ddn": "attack", "bp": "attack", "cw_l2": "attack", "deepfool": "post"}

@@ -11,6 +11,7 @@ import contextlib
 import math
 import numbers
 from dataclasses import dataclass
+from enum import Enum
 from typing import Callable, ClassVar, Iterator
 
 import torch
@@ -195,6 +196,23 @@ def check_count(name: str, value: int) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+class Family(str, Enum):
+    """What an attack is given and what it minimises (foolbox's fixed-budget vs minimization split).
+
+    The values are what results.json records.
+    """
+
+    DISTORTION = "distortion"      #: a budget eps, maximise success within it
+    SUCCESS = "success"            #: reach success, minimise the distortion
+    UNRESTRICTED = "unrestricted"  #: neither budget nor norm (e.g. semantic or patch attacks)
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
 class Attack:
     """Base of every attack. Subclasses set ``name`` and implement ``_run``.
 
@@ -206,13 +224,25 @@ class Attack:
     """
 
     name: ClassVar[str] = "attack"
-    #: "distortion" (budget eps: FGSM, I-FGSM, PGD) or "success" (minimal distortion: C&W, DDN, BP)
-    family: ClassVar[str] = "distortion"
+    #: :class:`Family`: DISTORTION (budget eps: FGSM, I-FGSM, PGD) or SUCCESS (minimal distortion: C&W,
+    #: DDN, BP); a subclass may give the string value, converted (and checked) at class creation
+    family: ClassVar[Family] = Family.DISTORTION
+    #: True when the attack rounds every iterate to 8 bits with ``quantize=True`` (DDN, BP, C&W's best
+    #: rounded iterate): the evaluation then runs it once per variant instead of rounding its output
+    rounds_iterates: ClassVar[bool] = False
     #: norm in which the budget ``eps`` of a distortion-targeted attack is measured ("l2" or "linf")
     norm: ClassVar[str] = "l2"
     default_loss: ClassVar[str] = "ce"
     #: False for untargeted-only attacks (they refuse ``targets`` with a ValueError naming "untargeted")
     supports_targets: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        try:
+            cls.family = Family(cls.family)
+        except ValueError:
+            raise ValueError(f"{cls.__name__}.family must be one of {', '.join(f.value for f in Family)}, "
+                             f"got {cls.family!r}") from None
 
     def __init__(self, *, quantize: bool = False, loss: str | None = None, eval_mode: bool = True) -> None:
         check_flag("quantize", quantize)

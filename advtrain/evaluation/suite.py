@@ -68,11 +68,13 @@ class AttackSpec:
     label: str = ""
     options: dict[str, Any] = field(default_factory=dict)
     budgets: list[float] | None = None
-    quantize_mode: str = "post"
+    quantize_mode: str | None = None  # default: "attack" when the attack class rounds every iterate
 
     def __post_init__(self) -> None:
         cls = ATTACKS[self.attack]  # unknown name: error listing the known ones
         self.label = self.label or self.attack
+        if self.quantize_mode is None:
+            self.quantize_mode = "attack" if getattr(cls, "rounds_iterates", False) else "post"
         self.options = dict(self.options or {})
         if self.quantize_mode not in QUANTIZE_MODES:
             raise ValueError(f"{self.label}: quantize_mode must be one of {', '.join(QUANTIZE_MODES)}, "
@@ -137,7 +139,7 @@ def full_suite(dataset: str = "mnist_embedded") -> list[AttackSpec]:
             warnings.warn(f"attack {name!r} takes no option {', '.join(dropped)} of the thesis table: dropped")
         options = {k: v for k, v in row.get("options", {}).items() if k in valid}
         specs.append(AttackSpec(name, options=options, budgets=row.get("budgets"),
-                                quantize_mode=row.get("quantize_mode", "post")))
+                                quantize_mode=row.get("quantize_mode")))
     return specs
 
 
