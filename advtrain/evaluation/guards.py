@@ -6,6 +6,7 @@ clear line up front instead of a traceback (or a stored error) after earlier att
 from __future__ import annotations
 
 import numbers
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def check_output_dir(out_dir: str | Path) -> Path:
         raise ValueError(f"output folder {out} is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
+        probe = out / f".write_test.{os.getpid()}"  # one per process (torchrun ranks check at once)
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
