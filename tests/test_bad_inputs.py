@@ -316,7 +316,7 @@ MODELS_AND_DATA = [
     (lambda: Tuple(c4()), data, "the model must return a logits tensor [B, classes], got tuple"),
     (lambda: Softmax(c4()), data, "the model seems to return probabilities"),
     (lambda: c4().double(), data, "the images are torch.float32 but the model's weights are torch.float64"),
-    (lambda: nn.Flatten(0), data, "the model must return logits of shape [6, classes], got (4704,)"),
+    (lambda: nn.Flatten(0), data, "the model must return logits of shape [12, classes], got (9408,)"),
     (c4, lambda: data(torch.rand(N, 1, 28, 28) * 255), "images must be pixels in [0, 1]"),
     (c4, lambda: data(torch.full((N, 1, 28, 28), float("nan"))), "images contain NaN or Inf"),
     (c4, lambda: data(torch.randint(0, 256, (N, 1, 28, 28), dtype=torch.uint8)), "must be a floating-point tensor"),
