@@ -105,8 +105,9 @@ class AdversarialTrainingModule(pl.LightningModule):
             logits = self.model(x)
             loss = F.cross_entropy(logits, y)
         if not bool(torch.isfinite(loss)):  # diverged (or corrupted weights/data): stop, save nothing
-            raise NonFiniteLossError(f"training stopped: the loss is {float(loss.detach())} at epoch {self.current_epoch}, "
-                                     f"step {self.global_step}; lower the learning rate or check the data and weights")
+            raise NonFiniteLossError(f"training stopped: the loss is {float(loss.detach())} at epoch "
+                                     f"{self.current_epoch}, step {self.global_step}; lower the learning rate or "
+                                     "check the data and weights")
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", (logits.detach().argmax(1) == y).float().mean(), on_step=False, on_epoch=True)
         return loss
