@@ -8,4 +8,5 @@ from .registry import ATTACKS, build_attack, register_attack
 
 import_submodules(__name__)
 
-__all__ = ["Attack", "AttackContext", "AttackResult", "BestTracker", "Family", "ATTACKS", "build_attack", "register_attack"]
+__all__ = ["Attack", "AttackContext", "AttackResult", "BestTracker", "Family", "ATTACKS", "build_attack",
+           "register_attack"]
