@@ -504,3 +504,27 @@ def test_a_user_suite_that_omits_quantize_mode_rounds_where_the_attack_does():
 
     modes = {s.attack: s.quantize_mode for s in load_suite([{"attack": a} for a in ("ddn", "bp", "cw_l2", "deepfool")])}
     assert modes == {"ddn": "attack", "bp": "attack", "cw_l2": "attack", "deepfool": "post"}
+
+
+def test_two_runs_of_train_py_into_one_root_keep_both_checkpoints(tmp_path):
+    """The README's second command no longer replaces the first run's checkpoint: each run writes its
+    own version_N (checkpoint and CSV logs, both under --trainer.default_root_dir); last.ckpt links to
+    the newest; a resume is only ever from an explicit --ckpt_path."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, str(ROOT / "train.py"), "--trainer.default_root_dir", str(tmp_path / "r"),
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "0",
+            "--model.clean_epochs", "1", "--skip_test", "true", "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false"]
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    kept = (tmp_path / "r" / "version_0" / "last.ckpt").read_bytes()
+    second = subprocess.run(args + ["--model.lr", "0.01"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert (tmp_path / "r" / "version_0" / "last.ckpt").read_bytes() == kept
+    assert (tmp_path / "r" / "version_1" / "metrics.csv").is_file()
+    assert os.readlink(tmp_path / "r" / "last.ckpt") == os.path.join("version_1", "last.ckpt")
+    assert not (tmp_path / "runs").exists()  # nothing went to the config's own runs/demo
