@@ -23,6 +23,7 @@ from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 from advtrain.cli import run_with_clean_errors  # noqa: E402
 from advtrain.data import NamedDataModule  # noqa: E402
+from advtrain.evaluation.checkpoint import read_checkpoint  # noqa: E402
 from advtrain.training import AdversarialTrainingModule  # noqa: E402
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.yaml")
@@ -74,6 +75,8 @@ def main() -> None:
     ckpt = cli.config.get("ckpt_path")
     if ckpt and not Path(ckpt).is_file():
         raise FileNotFoundError(f"checkpoint to resume from not found: {ckpt}")
+    if ckpt:
+        read_checkpoint(ckpt)  # truncated, text, pickled objects, NaN weights: one line before Lightning
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
     link_newest_run(cli.trainer)
     if not cli.config.get("skip_test"):

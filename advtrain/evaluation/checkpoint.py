@@ -22,6 +22,24 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any], dict[s
     factory, then given the checkpoint's weights.
     """
     path = Path(path)
+    ckpt = read_checkpoint(path)
+    hp = dict(ckpt["hyper_parameters"])
+    if "model" not in hp:
+        raise ValueError(f"{path}: hyper_parameters has no 'model' name; was it written by train.py?")
+    model = build_model(hp["model"], num_classes=int(hp.get("num_classes", 10)))
+    state = {k[len(PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise ValueError(f"{path}: weights do not fit model {hp['model']!r}: {detail}") from None
+    return model.eval(), hp, dict(ckpt.get("datamodule_hyper_parameters") or {})
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint's contents, refused in one line when the file is missing, not a torch.save
+    archive (empty, truncated, text), unsafe to unpickle, a plain state_dict, or has NaN/Inf weights."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):
@@ -32,7 +50,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any], dict[s
         detail = next((ln for ln in str(e).splitlines() if "Unsupported global" in ln), type(e).__name__)
         raise ValueError(f"{path} cannot be loaded safely with weights_only=True ({detail.strip()})") from None
     if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        raise ValueError(f"{path} is a plain state_dict (weights only); evaluate.py needs a train.py checkpoint, "
+        raise ValueError(f"{path} is a plain state_dict (weights only); a train.py checkpoint is needed, "
                          "which also names the model ('hyper_parameters')")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ValueError(f"{path} is not a train.py (Lightning) checkpoint: it needs 'state_dict' and "
@@ -40,13 +58,4 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any], dict[s
     if not isinstance(ckpt["state_dict"], dict) or not isinstance(ckpt["hyper_parameters"], dict):
         raise ValueError(f"{path}: 'state_dict' and 'hyper_parameters' must be mappings")
     check_finite_state(ckpt["state_dict"], str(path))
-    hp = dict(ckpt["hyper_parameters"])
-    if "model" not in hp:
-        raise ValueError(f"{path}: hyper_parameters has no 'model' name; was it written by train.py?")
-    model = build_model(hp["model"], num_classes=int(hp.get("num_classes", 10)))
-    state = {k[len(PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit model {hp['model']!r}: {' '.join(str(e).split())[:300]}") from None
-    return model.eval(), hp, dict(ckpt.get("datamodule_hyper_parameters") or {})
+    return ckpt
