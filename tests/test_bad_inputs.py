@@ -528,3 +528,16 @@ def test_two_runs_of_train_py_into_one_root_keep_both_checkpoints(tmp_path):
     assert (tmp_path / "r" / "version_1" / "metrics.csv").is_file()
     assert os.readlink(tmp_path / "r" / "last.ckpt") == os.path.join("version_1", "last.ckpt")
     assert not (tmp_path / "runs").exists()  # nothing went to the config's own runs/demo
+
+
+def test_train_py_refuses_to_resume_from_a_corrupted_checkpoint(files, tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--ckpt_path", str(files["nan.ckpt"]),
+                        "--trainer.default_root_dir", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"})
+    errors = [line for line in r.stderr.splitlines() if line.startswith("train.py: error:")]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert len(errors) == 1 and "tensor 'model.net.classifier.weight' has 3 non-finite" in errors[0]
+    assert not list(tmp_path.glob("version_*/last.ckpt"))
