@@ -114,7 +114,7 @@ CHECKPOINTS = [
     ("tail_cut.ckpt", "is not a checkpoint"),
     ("random.ckpt", "is not a checkpoint"),
     ("damaged.ckpt", "non-finite"),
-    ("plain.pt", "is a plain state_dict"),
+    ("plain.pt", "but a plain state_dict"),
     ("list.ckpt", "is not a train.py (Lightning) checkpoint"),
     ("nan.ckpt", "tensor 'model.net.classifier.weight' has 3 non-finite"),
     ("inf.ckpt", "tensor 'model.net.classifier.weight' has 3 non-finite"),

@@ -50,8 +50,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         detail = next((ln for ln in str(e).splitlines() if "Unsupported global" in ln), type(e).__name__)
         raise ValueError(f"{path} cannot be loaded safely with weights_only=True ({detail.strip()})") from None
     if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        raise ValueError(f"{path} is a plain state_dict (weights only); a train.py checkpoint is needed, "
-                         "which also names the model ('hyper_parameters')")
+        raise ValueError(f"{path} is not a train.py (Lightning) checkpoint but a plain state_dict (weights only, "
+                         "no 'hyper_parameters' naming the model)")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ValueError(f"{path} is not a train.py (Lightning) checkpoint: it needs 'state_dict' and "
                          "'hyper_parameters'")
