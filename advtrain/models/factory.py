@@ -41,7 +41,8 @@ def load_state_dict_safely(path: str | Path) -> dict:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, empty, text, pickled objects: one line, no traceback
-        detail = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        detail = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln),  # a pickled object
+                      " ".join(f"{type(e).__name__}: {e}".split())[:200])
         raise ValueError(f"weights file {path} is not a readable weights file ({detail})") from None
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
