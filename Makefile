@@ -25,8 +25,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python train.py
-	$(BIN)/python evaluate.py --ckpt runs/demo/last.ckpt --out runs/demo/eval --n 500 --suite demo
-	@echo "Results: runs/demo (checkpoints, metrics.csv) and runs/demo/eval (results.json, report.md, curves.png, examples.png)"
+	$(BIN)/python evaluate.py --ckpt runs/demo/last.ckpt --n 500 --suite demo
+	@echo "Results: runs/demo/$$(readlink runs/demo/last.ckpt | cut -d/ -f1) (last.ckpt, metrics.csv; eval/: results.json, report.md, curves.png, examples.png)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -15,6 +15,7 @@ curves.png and examples.png to --out (default: <checkpoint folder>/eval).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
@@ -35,6 +36,7 @@ from advtrain.defenses.defended import ATTACK_VIEWS, Defended  # noqa: E402
 from advtrain.evaluation import load_suite, run_suite  # noqa: E402
 from advtrain.evaluation.checkpoint import load_checkpoint  # noqa: E402
 from advtrain.evaluation.distributed import dist_info  # noqa: E402
+from advtrain.evaluation.guards import check_output_dir, check_run_options  # noqa: E402
 from advtrain.evaluation.report import log_wandb, plot_curves, plot_examples, write_report  # noqa: E402
 
 DEFAULT_N = 1000
@@ -95,6 +97,10 @@ def apply_defenses(model: torch.nn.Module, specs: list[tuple[str, dict]]) -> tor
 
 def prepare(args: argparse.Namespace) -> dict:
     """Everything a worker needs, validated up front so user errors are one clear line."""
+    check_run_options(n=args.n, d_upp=args.d_upp, quantize=args.quantize, view=args.view,
+                      batch_size=args.batch_size, seed=args.seed, points=200)
+    out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent / "eval"
+    check_output_dir(out)  # a file or a read-only folder: refused before any attack runs
     model, hp, dm_hp = load_checkpoint(args.ckpt)
     defended = apply_defenses(model, [parse_defense(d) for d in args.defense])
     dataset = args.data or dm_hp.get("dataset") or "mnist_embedded"
@@ -107,7 +113,6 @@ def prepare(args: argparse.Namespace) -> dict:
     n = args.n if args.n is not None else min(DEFAULT_N, len(test_set))
     if n > len(test_set):
         raise ValueError(f"--n {n} is larger than the test set of {dataset} ({len(test_set)} images)")
-    out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent / "eval"
     return {"model": defended, "dataset": dataset,
             "loader": DataLoader(Subset(test_set, range(n)), batch_size=args.batch_size), "n": n, "out": out,
             "context": {"checkpoint": str(Path(args.ckpt).resolve()), "model": hp["model"]}}
@@ -123,7 +128,8 @@ def evaluate(args: argparse.Namespace, job: dict) -> dict:
     if rank == 0:
         out = job["out"]
         write_report(results, out / "report.md")
-        plot_curves(results, out / "curves.png")
+        if any(e.get("status") == "done" for e in results["attacks"].values()):  # no curve when all crashed
+            plot_curves(results, out / "curves.png")
         examples = torch.load(out / "examples.pt", weights_only=True) if (out / "examples.pt").is_file() else []
         plot_examples(examples, out / "examples.png")
         if args.logger == "wandb":
@@ -164,6 +170,18 @@ def main(argv: list[str] | None = None) -> None:
                                               nprocs=args.procs, start_method=method)
     else:
         evaluate(args, job)
+    exit_if_an_attack_crashed(job["out"] / "results.json")
+
+
+def exit_if_an_attack_crashed(results: Path) -> None:
+    """A crashed attack is no result: the run exits 1 (the others' results are kept)."""
+    crashed = {k: e.get("error") for k, e in json.loads(results.read_text())["attacks"].items()
+               if e.get("status") == "error"}
+    if crashed:
+        label, error = next(iter(crashed.items()))
+        print(f"evaluate.py: error: {len(crashed)} attack(s) crashed ({label}: {error}); the others' results are "
+              f"in {results}; rerun to retry", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ def run_with_clean_errors(main: Callable[[], object], prog: str) -> None:
     except USER_ERRORS as e:
         if os.environ.get("ADVTRAIN_TRACEBACK"):
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = str(e).strip().splitlines()
+        if "Original Traceback" in str(e):  # re-raised from a DataLoader worker: the original's last line
+            lines = [lines[-1].partition(": ")[2] or lines[-1]]
+        msg = lines[0] if lines else type(e).__name__
         print(f"{prog}: error: {msg}", file=sys.stderr)
         sys.exit(2)

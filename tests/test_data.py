@@ -64,14 +64,6 @@ def test_imagefolder_on_generated_images(tmp_path):
     assert x.shape == (4, 3, 32, 32)
 
 
-def test_foolbox_samples_are_valid_inputs():
-    """Real CIFAR-10 / ImageNet images shipped in foolbox's wheel."""
-    fb = pytest.importorskip("foolbox")
-    x, y = fb.utils.samples(fb.PyTorchModel(torch.nn.Identity(), bounds=(0, 1)), dataset="cifar10",
-                             batchsize=4, data_format="channels_first", bounds=(0, 1))
-    assert x.shape == (4, 3, 32, 32) and 0 <= float(x.min()) and float(x.max()) <= 1
-
-
 def test_named_datamodule_rejects_options_the_dataset_does_not_take():
     with pytest.raises(ValueError, match="takes no option root"):
         NamedDataModule(dataset="mnist_embedded", root="x")

@@ -131,11 +131,11 @@ def test_a_crash_keeps_earlier_results_and_a_rerun_skips_them(trained_c4, mnist_
     assert second["attacks"]["fgsm"] == saved["attacks"]["fgsm"]
     assert second["attacks"]["pgd_l2"]["status"] == "done"
     assert not math.isnan(second["worst_case"]["unquantized"]["p_suc"])
-    # a different setting (here the quantization) starts afresh instead of mixing results
-    with pytest.warns(UserWarning, match="different evaluation setting"):
-        third = run_suite(trained_c4, loader(mnist_dm), SMALL[1:], n=N, out_dir=tmp_path, progress=False,
-                          quantize="yes")
-    assert list(third["attacks"]) == ["pgd_l2"]
+    # a different setting (here the quantization) is refused: the finished results are neither mixed nor lost
+    kept = (tmp_path / "results.json").read_text()
+    with pytest.raises(ValueError, match="holds results of another evaluation \\(different quantize\\)"):
+        run_suite(trained_c4, loader(mnist_dm), SMALL[1:], n=N, out_dir=tmp_path, progress=False, quantize="yes")
+    assert (tmp_path / "results.json").read_text() == kept
 
 
 def test_run_suite_rejects_bad_arguments(trained_c4, mnist_dm):

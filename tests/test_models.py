@@ -52,7 +52,7 @@ def test_weights_roundtrip_is_safe(tmp_path):
     torch.testing.assert_close(a(x), b(x))
     # a pickled arbitrary object is refused by weights_only=True
     torch.save({"x": _Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="is not a readable weights file .*Unsupported global"):
         load_state_dict_safely(tmp_path / "evil.pt")
     with pytest.raises(FileNotFoundError):
         load_state_dict_safely(tmp_path / "missing.pt")

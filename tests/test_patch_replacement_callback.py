@@ -42,7 +42,7 @@ def test_training_yaml_fits_saves_and_logs_codebooks(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     path = out / "patch_codebooks.safetensors"
     assert path.is_file() and (out / "last.ckpt").is_file()
-    rows = list(csv.DictReader(open(next(out.glob("logs/version_*/metrics.csv")))))
+    rows = list(csv.DictReader(open(next(out.glob("version_*/metrics.csv")))))
     logged = {k: float(v) for row in rows for k, v in row.items() if k.startswith("patch_codebooks/") and v}
     assert logged["patch_codebooks/fit_seconds"] > 0
     assert logged["patch_codebooks/val_acc_plain"] > 0.5   # 15 batches already learn digits

@@ -44,7 +44,11 @@ def test_two_process_adversarial_fit_reports_the_same_metrics_as_one(tmp_path, m
     one = validate(module, accelerator="cpu", devices=1)
     val_keys = {k for k in KEYS if k.startswith("val/")}
     assert val_keys <= set(one)
-    for k in val_keys:  # same images (the first val_subset of the split) whatever the number of processes
+    # Same images (the first val_subset of the split) whatever the number of processes, but split into
+    # other batches (16 per rank vs 32): float32 convolutions then differ in the last bits (reduction
+    # order), which may move an attack's iterates. abs 0.02 is below one image of the 32 (1/32 = 0.031),
+    # so the success rates and accuracies must agree exactly; rel 0.02 bounds the mean/median L2 drift.
+    for k in val_keys:
         assert metrics[k] == pytest.approx(one[k], rel=0.02, abs=0.02), k
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from dataclasses import dataclass
+from enum import Enum
 from typing import Callable, ClassVar, Iterator
 
 import torch
@@ -175,15 +177,40 @@ def check_logits(logits: Tensor) -> None:
 
 
 def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-    """Validate a numeric hyper-parameter."""
-    if value is None or math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    """Validate a numeric hyper-parameter: a finite real number, > 0 (or >= 0 with ``allow_zero``)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value}")
+
+
+def check_flag(name: str, value: bool) -> None:
+    """Validate a boolean option (a string such as 'no' is not a boolean: it would count as true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be true or false, got {type(value).__name__} {value!r}")
 
 
 def check_count(name: str, value: int) -> None:
     """Validate an iteration-like count (steps, candidates, search steps): an integer >= 1."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+class Family(str, Enum):
+    """What an attack is given and what it minimises (foolbox's fixed-budget vs minimization split).
+
+    The values are what results.json records.
+    """
+
+    DISTORTION = "distortion"      #: a budget eps, maximise success within it
+    SUCCESS = "success"            #: reach success, minimise the distortion
+    UNRESTRICTED = "unrestricted"  #: neither budget nor norm (e.g. semantic or patch attacks)
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 class Attack:
@@ -197,14 +224,30 @@ class Attack:
     """
 
     name: ClassVar[str] = "attack"
-    #: "distortion" (budget eps: FGSM, I-FGSM, PGD) or "success" (minimal distortion: C&W, DDN, BP)
-    family: ClassVar[str] = "distortion"
+    #: :class:`Family`: DISTORTION (budget eps: FGSM, I-FGSM, PGD) or SUCCESS (minimal distortion: C&W,
+    #: DDN, BP); a subclass may give the string value, converted (and checked) at class creation
+    family: ClassVar[Family] = Family.DISTORTION
+    #: True when the attack rounds every iterate to 8 bits with ``quantize=True`` (DDN, BP, C&W's best
+    #: rounded iterate): the evaluation then runs it once per variant instead of rounding its output
+    rounds_iterates: ClassVar[bool] = False
     #: norm in which the budget ``eps`` of a distortion-targeted attack is measured ("l2" or "linf")
     norm: ClassVar[str] = "l2"
     default_loss: ClassVar[str] = "ce"
+    #: False for untargeted-only attacks (they refuse ``targets`` with a ValueError naming "untargeted")
+    supports_targets: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        try:
+            cls.family = Family(cls.family)
+        except ValueError:
+            raise ValueError(f"{cls.__name__}.family must be one of {', '.join(f.value for f in Family)}, "
+                             f"got {cls.family!r}") from None
 
     def __init__(self, *, quantize: bool = False, loss: str | None = None, eval_mode: bool = True) -> None:
-        self.quantize = bool(quantize)
+        check_flag("quantize", quantize)
+        check_flag("eval_mode", eval_mode)
+        self.quantize = quantize
         self.loss = loss or self.default_loss
         self.loss_fn = get_loss(self.loss)
         self.eval_mode = eval_mode

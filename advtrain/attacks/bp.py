@@ -110,6 +110,7 @@ class BP(Attack):
 
     name = "bp"
     family = "success"
+    rounds_iterates = True
     default_loss = "ce"
 
     def __init__(self, steps: int = 20, alpha: float = 2.0, gamma_min: float = 0.7,

@@ -45,6 +45,7 @@ class CarliniWagnerL2(Attack):
 
     name = "cw_l2"
     family = "success"
+    rounds_iterates = True
     default_loss = "margin"
 
     def __init__(self, steps: int = 20, search_steps: int = 5, lr: float = 0.5, initial_const: float = 1.0,

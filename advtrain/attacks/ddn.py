@@ -37,6 +37,7 @@ class DDN(Attack):
 
     name = "ddn"
     family = "success"
+    rounds_iterates = True
 
     def __init__(self, steps: int = 100, init_norm: float = 1.0, gamma: float = 0.05,
                  alpha: float = 1.0, alpha_min: float = 0.01, **kw) -> None:

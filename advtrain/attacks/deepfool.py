@@ -24,6 +24,7 @@ class DeepFool(Attack):
     """
 
     name = "deepfool"
+    supports_targets = False
     family = "success"
 
     def __init__(self, steps: int = 50, candidates: int = 9, overshoot: float = 0.02, **kw) -> None:

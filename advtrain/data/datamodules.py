@@ -141,6 +141,16 @@ class CIFAR10DataModule(_TorchvisionData):
     image_shape = (3, 32, 32)
 
 
+def load_image(path: str):
+    """torchvision's RGB loader; an unreadable (corrupt, truncated, not an image) file is one line naming it."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except Exception as e:  # PIL.UnidentifiedImageError, OSError on truncated data, ...
+        raise ValueError(f"unreadable image {path} ({type(e).__name__}): remove or replace it") from None
+
+
 class ImageFolderDataModule(_Base):
     """ImageNet-style folders ``root/{train,val}/<class>/*.jpg`` (``test`` defaults to ``val``).
 
@@ -173,7 +183,7 @@ class ImageFolderDataModule(_Base):
             tf = T.Compose([T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip(), T.ToTensor()])
         else:
             tf = T.Compose([T.Resize(self.resize), T.CenterCrop(self.image_size), T.ToTensor()])
-        return datasets.ImageFolder(str(path), transform=tf)
+        return datasets.ImageFolder(str(path), transform=tf, loader=load_image)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..models.fingerprint import check_finite_state
 from .e8 import E8Lattice
 from .patches import from_position_vectors, per_position_vectors
 
@@ -152,14 +153,19 @@ def save_safetensors(path: str | Path, tensors: dict[str, Tensor], header: dict[
 
 def load_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read what :func:`save_safetensors` wrote: (tensors, header)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"codebook file not found: {path}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if "advtrain" not in meta:
-            raise ValueError(f"{path} is not an advtrain codebook file (no 'advtrain' metadata)")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    return tensors, json.loads(meta["advtrain"])
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        header = json.loads(meta["advtrain"]) if "advtrain" in meta else None
+    except (SafetensorError, ValueError, OSError) as e:
+        raise ValueError(f"{path} is not a readable codebook file ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} is not an advtrain codebook file (no 'advtrain' metadata)")
+    check_finite_state(tensors, f"codebook file {path}")
+    return tensors, header

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -27,6 +28,7 @@ from ..attacks.features import layer_hooks, layer_names
 from ..registry import check_kwargs
 from .codebooks import (Codebook, E8Codebook, build_codebook, check_kind, fit_kmeans,
                         load_safetensors, save_safetensors)
+from ..models.fingerprint import weights_sha256
 from .defended import ATTACK_VIEWS, Defended
 from .patches import PatchGeometry, extract_patches, fold_patches
 from .registry import register_defense
@@ -305,7 +307,7 @@ class PatchReplacement(Defended):
                 raise RuntimeError(f"layer {stage.config.layer!r} has no fitted codebook to save; call fit() first")
             tensors.update({f"layer{i}.{k}": v for k, v in stage.codebook.state_dict().items()})
         header = {"format": FORMAT, "model": type(self.model).__name__,
-                  "model_fingerprint": model_fingerprint(self.model),
+                  "model_fingerprint": model_fingerprint(self.model), "model_sha256": weights_sha256(self.model),
                   "layers": [{**asdict(st.config), "codebook_meta": st.codebook.meta()} for st in self.defenses]}
         return save_safetensors(path, tensors, header)
 
@@ -320,10 +322,16 @@ class PatchReplacement(Defended):
         if header.get("format") != FORMAT:
             raise ValueError(f"{path}: unknown codebook format {header.get('format')!r}, expected {FORMAT!r}")
         mine = model_fingerprint(self.model)
-        if header["model_fingerprint"] != mine:
+        if header.get("model_fingerprint") != mine:
             raise ValueError(f"{path} holds codebooks fitted for another model ({header['model']}, fingerprint "
                              f"{header['model_fingerprint']}); this model is {type(self.model).__name__} "
                              f"(fingerprint {mine}). Fit codebooks for this model.")
+        if "model_sha256" not in header:
+            warnings.warn(f"{path} predates weight hashes: it cannot be checked against this model's weights "
+                          "(same architecture only); refit it to bind it to the weights", stacklevel=3)
+        elif header["model_sha256"] != weights_sha256(self.model):
+            raise ValueError(f"{path} holds codebooks fitted for another {header['model']} (same architecture, "
+                             "other weights): fit codebooks for this model")
         saved = [LayerConfig(**{k: v for k, v in spec.items() if k != "codebook_meta"}) for spec in header["layers"]]
         _check_layers(self.model, saved)
         if overrides:

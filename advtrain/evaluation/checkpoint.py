@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..models import build_model
+from ..models.fingerprint import check_finite_state
 
 PREFIX = "model."  # AdversarialTrainingModule keeps the classifier in ``self.model``
 
@@ -21,6 +22,24 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any], dict[s
     factory, then given the checkpoint's weights.
     """
     path = Path(path)
+    ckpt = read_checkpoint(path)
+    hp = dict(ckpt["hyper_parameters"])
+    if "model" not in hp:
+        raise ValueError(f"{path}: hyper_parameters has no 'model' name; was it written by train.py?")
+    model = build_model(hp["model"], num_classes=int(hp.get("num_classes", 10)))
+    state = {k[len(PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise ValueError(f"{path}: weights do not fit model {hp['model']!r}: {detail}") from None
+    return model.eval(), hp, dict(ckpt.get("datamodule_hyper_parameters") or {})
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint's contents, refused in one line when the file is missing, not a torch.save
+    archive (empty, truncated, text), unsafe to unpickle, a plain state_dict, or has NaN/Inf weights."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):
@@ -30,16 +49,13 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any], dict[s
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
         detail = next((ln for ln in str(e).splitlines() if "Unsupported global" in ln), type(e).__name__)
         raise ValueError(f"{path} cannot be loaded safely with weights_only=True ({detail.strip()})") from None
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise ValueError(f"{path} is not a train.py (Lightning) checkpoint but a plain state_dict (weights only, "
+                         "no 'hyper_parameters' naming the model)")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ValueError(f"{path} is not a train.py (Lightning) checkpoint: it needs 'state_dict' and "
                          "'hyper_parameters'")
-    hp = dict(ckpt["hyper_parameters"])
-    if "model" not in hp:
-        raise ValueError(f"{path}: hyper_parameters has no 'model' name; was it written by train.py?")
-    model = build_model(hp["model"], num_classes=int(hp.get("num_classes", 10)))
-    state = {k[len(PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit model {hp['model']!r}: {str(e).splitlines()[0]}") from None
-    return model.eval(), hp, dict(ckpt.get("datamodule_hyper_parameters") or {})
+    if not isinstance(ckpt["state_dict"], dict) or not isinstance(ckpt["hyper_parameters"], dict):
+        raise ValueError(f"{path}: 'state_dict' and 'hyper_parameters' must be mappings")
+    check_finite_state(ckpt["state_dict"], str(path))
+    return ckpt

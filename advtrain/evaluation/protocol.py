@@ -22,19 +22,28 @@ from torch.utils.data import DataLoader
 from ..attacks.base import AttackContext, BestTracker, frozen_eval
 from ..attacks.norms import l2_norm, linf_norm, quantize as quantize_8bit
 from ..data import D_UPP
-from ..defenses.defended import ATTACK_VIEWS, Defended
+from ..defenses.defended import Defended
+from ..models.fingerprint import weights_sha256
 from .distributed import batch_seed, broadcast, dist_info, gather, my_batches
+from .guards import (QUANTIZE_CHOICES, as_labels, check_images, check_model, check_model_on, check_output_dir,
+                     check_run_options)
 from .metrics import least_distortion, summarize
 from .sanity import sanity_warnings
 from .suite import AttackSpec, load_suite
 
-QUANTIZE_CHOICES = {"both": ("unquantized", "quantized"), "no": ("unquantized",), "yes": ("quantized",)}
 EXAMPLES = 8  # worst-case images kept for examples.png
 
 
 def _collect(dataloader: DataLoader | Any, n: int | None) -> tuple[Tensor, Tensor]:
     xs, ys, have = [], [], 0
-    for x, y in dataloader:
+    for batch in dataloader:
+        if not isinstance(batch, (list, tuple)) or len(batch) != 2:
+            raise TypeError(f"the dataloader must yield (images, labels) pairs, got {type(batch).__name__}")
+        x, y = batch
+        check_images(x)
+        y = as_labels(y)
+        if len(y) != len(x):
+            raise ValueError(f"a batch has {len(x)} images but {len(y)} labels")
         xs.append(x), ys.append(y)
         have += len(y)
         if n is not None and have >= n:
@@ -193,6 +202,35 @@ def _worst_case(attacks: dict, variants: tuple[str, ...], n: int, d_upp: float, 
     return out
 
 
+#: context entries that say where, not what: a rerun may change them and keep the finished results
+PROVENANCE = ("checkpoint",)
+_WHAT = {"model_sha256": "model weights", "n_prime": "number of test images n"}
+
+
+def _previous_results(path: Path, ctx: dict, specs: list[AttackSpec]) -> dict:
+    """Finished attacks of an earlier run into the same folder, when it evaluated the same model with
+    the same settings; otherwise ``{"error": ...}``: finished results are never mixed nor overwritten."""
+    if not path.is_file():
+        return {"attacks": {}}
+    keep = "they are kept; choose another output folder (or move them away)"
+    try:
+        old = json.loads(path.read_text())
+        old_ctx, old_attacks = old["context"], old["attacks"]
+        assert isinstance(old_ctx, dict) and isinstance(old_attacks, dict)
+    except (ValueError, KeyError, TypeError, AssertionError, OSError):
+        return {"error": f"{path} is not a readable results.json of run_suite: {keep}"}
+    new = _canon(ctx)
+    differ = [_WHAT.get(k, k) for k in new if k not in PROVENANCE and old_ctx.get(k) != new[k]]
+    if differ:
+        return {"error": f"{path.parent} holds results of another evaluation (different {', '.join(differ)}): {keep}"}
+    done = {k: e for k, e in old_attacks.items() if isinstance(e, dict) and e.get("status") == "done"}
+    changed = [s.label for s in specs if s.label in done and done[s.label].get("key") != _canon(s.as_dict())]
+    if changed:
+        return {"error": f"{path.parent} holds finished results of {', '.join(changed)} with other attack options: "
+                         f"give the changed entries new labels or {keep.split('; ')[1]}"}
+    return {"attacks": done}
+
+
 def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list | Path = "full", *,
               dataset: str = "mnist_embedded", d_upp: float | None = None, quantize: str = "both",
               view: str = "bpda", approx: dict[str, Callable] | None = None, n: int | None = None,
@@ -214,12 +252,9 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
         context: extra provenance recorded in the results (checkpoint, defenses, ...).
     Under torch.distributed the batches are sharded across ranks; every rank returns the results.
     """
-    if quantize not in QUANTIZE_CHOICES:
-        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {quantize!r}")
-    if view not in ATTACK_VIEWS:
-        raise ValueError(f"view must be one of {', '.join(ATTACK_VIEWS)}, got {view!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_run_options(n=n, d_upp=d_upp, quantize=quantize, view=view, batch_size=batch_size, seed=seed,
+                      points=points)
+    check_model(model)
     if d_upp is None:
         if dataset not in D_UPP:
             raise ValueError(f"no default D_upp for dataset {dataset!r}; pass d_upp (known: {', '.join(D_UPP)})")
@@ -229,30 +264,34 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
     defended = isinstance(model, Defended)
     attack_model = model.attack_view(view, approx) if defended else model
     approximated = model.approximated if defended and view == "bpda" else []
+    rank, world = dist_info()
+    if out_dir is not None and rank == 0:
+        check_output_dir(out_dir)
     x_all, y_all = _collect(dataloader, n)
     device = next(iter(model.parameters()), torch.zeros(0)).device
     x_all, y_all = x_all.to(device), y_all.to(device)
-    rank, world = dist_info()
 
     ctx = {**(context or {}), "dataset": dataset, "n_prime": len(y_all), "d_upp": d_upp, "quantize": quantize,
            "view": view if defended else "plain", "seed": seed, "batch_size": batch_size,
-           "defenses": [repr(d) for d in model.defenses] if defended else [], "bpda_approximated": approximated}
+           "defenses": [repr(d) for d in model.defenses] if defended else [], "bpda_approximated": approximated,
+           "model_sha256": weights_sha256(model)}
     out_path = Path(out_dir) / "results.json" if out_dir is not None else None
-    results = {"context": ctx, "attacks": {}}
-    if rank == 0 and out_path is not None and out_path.is_file():
-        old = json.loads(out_path.read_text())
-        if {k: old.get("context", {}).get(k) for k in ctx} == _canon(ctx):
-            results["attacks"] = {k: e for k, e in old.get("attacks", {}).items() if e.get("status") == "done"}
-        else:
-            warnings.warn(f"{out_path} is from a different evaluation setting: starting afresh")
-    results = broadcast(results)
+    previous = _previous_results(out_path, ctx, specs) if rank == 0 and out_path is not None else {}
+    previous = broadcast(previous)
+    if previous.get("error"):
+        raise ValueError(previous["error"])
+    results = {"context": ctx, "attacks": previous.get("attacks", {})}
     examples = _Examples()
     if rank == 0 and out_dir is not None and (Path(out_dir) / "examples.pt").is_file() and results["attacks"]:
-        examples = _Examples(torch.load(Path(out_dir) / "examples.pt", weights_only=True))
+        try:
+            examples = _Examples(torch.load(Path(out_dir) / "examples.pt", weights_only=True))
+        except (RuntimeError, EOFError, OSError, ValueError):
+            warnings.warn(f"{Path(out_dir) / 'examples.pt'} is unreadable: examples.png shows this run's only")
 
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
+        check_model_on(model, x_all[:batch_size], y_all[:batch_size])
         # the set X: images classified correctly without attack
         batches = _chunks(torch.arange(len(y_all)), batch_size)
         correct = []
@@ -266,7 +305,7 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
         batches = _chunks(X, batch_size)
         mine = my_batches(len(batches))
 
-        todo = [s for s in specs if results["attacks"].get(s.label, {}).get("key") != _canon(s.as_dict())]
+        todo = [s for s in specs if s.label not in results["attacks"]]
         for s in specs:
             if s not in todo and rank == 0:
                 print(f"[run_suite] {s.label}: finished in a previous run, skipped")

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from ..attacks import ATTACKS, Attack, build_attack
+from ..attacks.base import check_positive
 from ..registry import check_kwargs, valid_options
 
 SUITES_DIR = Path(__file__).resolve().parents[2] / "configs" / "suites"
@@ -67,11 +68,13 @@ class AttackSpec:
     label: str = ""
     options: dict[str, Any] = field(default_factory=dict)
     budgets: list[float] | None = None
-    quantize_mode: str = "post"
+    quantize_mode: str | None = None  # default: "attack" when the attack class rounds every iterate
 
     def __post_init__(self) -> None:
         cls = ATTACKS[self.attack]  # unknown name: error listing the known ones
         self.label = self.label or self.attack
+        if self.quantize_mode is None:
+            self.quantize_mode = "attack" if getattr(cls, "rounds_iterates", False) else "post"
         self.options = dict(self.options or {})
         if self.quantize_mode not in QUANTIZE_MODES:
             raise ValueError(f"{self.label}: quantize_mode must be one of {', '.join(QUANTIZE_MODES)}, "
@@ -85,9 +88,14 @@ class AttackSpec:
             if getattr(cls, "family", "") != "distortion" or "eps" not in valid_options(cls):
                 raise ValueError(f"{self.label}: budgets (an eps sweep) need a distortion attack with an "
                                  f"'eps' option; {self.attack!r} is family {getattr(cls, 'family', '?')!r}")
-            if not self.budgets or any(float(b) <= 0 for b in self.budgets):
+            if not isinstance(self.budgets, (list, tuple)) or not self.budgets:
                 raise ValueError(f"{self.label}: budgets must be a non-empty list of positive eps")
+            for b in self.budgets:
+                check_positive(f"{self.label}: budgets (eps)", b)
             self.budgets = sorted(float(b) for b in self.budgets)
+        for eps in self.runs():  # every option's type and range checked now, before any attack runs
+            for quantize in (False, True):
+                self.build(eps, quantize)
 
     @property
     def family(self) -> str:
@@ -131,7 +139,7 @@ def full_suite(dataset: str = "mnist_embedded") -> list[AttackSpec]:
             warnings.warn(f"attack {name!r} takes no option {', '.join(dropped)} of the thesis table: dropped")
         options = {k: v for k, v in row.get("options", {}).items() if k in valid}
         specs.append(AttackSpec(name, options=options, budgets=row.get("budgets"),
-                                quantize_mode=row.get("quantize_mode", "post")))
+                                quantize_mode=row.get("quantize_mode")))
     return specs
 
 
@@ -173,8 +181,8 @@ def parse_suite(entries: Any, where: str = "suite") -> list[AttackSpec]:
                              f"valid keys: {', '.join(SPEC_KEYS)}")
         try:
             specs.append(AttackSpec(**e))
-        except ValueError as err:
-            raise ValueError(f"{where}: entry {i}: {err}") from None
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"{where}: entry {i} ({e['attack']}): {err}") from None
     labels = [s.label for s in specs]
     dup = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dup:

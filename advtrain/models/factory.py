@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .fingerprint import check_finite_state
 from .nets import C4, CifarCNN
 from .normalize import NormalizedModel
 
@@ -33,13 +34,31 @@ def load_state_dict_safely(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, empty, text, pickled objects: one line, no traceback
+        detail = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln),  # a pickled object
+                      " ".join(f"{type(e).__name__}: {e}".split())[:200])
+        raise ValueError(f"weights file {path} is not a readable weights file ({detail})") from None
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"weights file {path} holds no state_dict (a mapping of names to tensors)")
+    check_finite_state(obj, f"weights file {path}")
     return obj
+
+
+def _load_weights(net: nn.Module, weights: str | Path) -> None:
+    """``net.load_state_dict`` of a weights file; a mismatch is one line naming the file."""
+    try:
+        net.load_state_dict(load_state_dict_safely(weights))
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())
+        raise ValueError(f"weights file {weights} does not fit {type(net).__name__}: {detail[:300]}") from None
 
 
 def _timm(name: str, num_classes: int, pretrained: bool, weights: str | None) -> tuple[nn.Module, tuple, tuple]:
@@ -71,7 +90,7 @@ def _torchvision(name: str, num_classes: int, pretrained: bool, weights: str | N
         raise ValueError(f"unknown torchvision model {name!r}; known: {', '.join(sorted(available))}")
     if weights:
         net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-        net.load_state_dict(load_state_dict_safely(weights))
+        _load_weights(net, weights)
     elif pretrained:
         try:
             net = torchvision.models.get_model(name, weights="DEFAULT")
@@ -118,7 +137,7 @@ def build_model(name: str = "c4", num_classes: int = 10, pretrained: bool = Fals
             raise ValueError(f"{name!r} has no pretrained weights; train it or pass weights=PATH")
         net = ctor(num_classes=num_classes, in_channels=in_channels or default_c)
         if weights:
-            net.load_state_dict(load_state_dict_safely(weights))
+            _load_weights(net, weights)
     elif name.startswith("timm:"):
         net, m, s = _timm(name[5:], num_classes, pretrained, weights)
     elif name.startswith("torchvision:"):

@@ -31,6 +31,9 @@ def _check(x: Tensor, guide: Tensor | None, sigma_s: float, sigma_r: float, radi
             raise ValueError(f"{name} must be a finite value > 0, got {s}")
     if radius is not None and radius < 0:
         raise ValueError(f"radius must be >= 0 or None (automatic: ceil(1.5 sigma_s)), got {radius}")
+    for name, t in (("x", x), ("guide", guide)):
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or Inf values")
     if guide is not None:
         if guide.dim() != 4 or guide.shape[0] != x.shape[0] or guide.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"guide must be NCHW with the batch size and H, W of x {tuple(x.shape)}, "

@@ -86,6 +86,8 @@ def image_graph(x_o: Tensor, feature_kernel: str = "laplacian", sigma_f: float =
     """
     if x_o.dim() != 4 or not x_o.is_floating_point():
         raise ValueError(f"x_o must be a floating-point NCHW (4-D) batch, got {tuple(x_o.shape)}")
+    if not bool(torch.isfinite(x_o).all()):
+        raise ValueError("the guide image x_o contains NaN or Inf values")
     if feature_kernel not in FEATURE_KERNELS:
         raise ValueError(f"unknown feature_kernel {feature_kernel!r}; valid: {', '.join(FEATURE_KERNELS)}")
     if neighbours not in NEIGHBOURHOODS:

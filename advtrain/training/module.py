@@ -18,6 +18,10 @@ from .robustness_metrics import RobustnessMetrics
 CKPT_KEY = "advtrain"
 
 
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN/Inf: the run stops with one line instead of training on."""
+
+
 class AdversarialTrainingModule(pl.LightningModule):
     """Wraps a classifier from the model factory and an inner-loop attack from the registry.
 
@@ -100,6 +104,10 @@ class AdversarialTrainingModule(pl.LightningModule):
         else:
             logits = self.model(x)
             loss = F.cross_entropy(logits, y)
+        if not bool(torch.isfinite(loss)):  # diverged (or corrupted weights/data): stop, save nothing
+            raise NonFiniteLossError(f"training stopped: the loss is {float(loss.detach())} at epoch "
+                                     f"{self.current_epoch}, step {self.global_step}; lower the learning rate or "
+                                     "check the data and weights")
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", (logits.detach().argmax(1) == y).float().mean(), on_step=False, on_epoch=True)
         return loss

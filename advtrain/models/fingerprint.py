@@ -1,0 +1,38 @@
+"""What a model *is*, as opposed to where it was loaded from: a content hash of its weights, and
+the refusal of non-finite (corrupted) tensors at load time."""
+from __future__ import annotations
+
+import hashlib
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+
+def weights_sha256(module: nn.Module | Mapping[str, Tensor]) -> str:
+    """SHA-256 of every parameter and buffer (names, dtypes, shapes and values), hex.
+
+    Two models of one architecture with different weights differ here; results and codebooks
+    are bound to this hash, not to a file path.
+    """
+    state = module.state_dict() if isinstance(module, nn.Module) else module
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name]
+        if not isinstance(t, Tensor):
+            h.update(f"{name}={t!r};".encode())
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def check_finite_state(state: Mapping[str, Tensor], where: str) -> None:
+    """Refuse NaN/Inf in any floating tensor of ``state`` (a damaged file trains to ``loss=nan``
+    and evaluates to a meaningless P_suc of 0): one line naming the first bad tensor."""
+    for name, t in state.items():
+        if isinstance(t, Tensor) and (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{where}: tensor {name!r} has {bad} non-finite (NaN/Inf) values of {t.numel()}: "
+                             "the file is corrupted or the training diverged")
