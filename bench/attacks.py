@@ -25,14 +25,13 @@ import torch
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from advtrain.attacks import ATTACKS, build_attack  # noqa: E402
 from advtrain.attacks.base import frozen_eval  # noqa: E402
 from advtrain.data import build_datamodule  # noqa: E402
 from advtrain.models import build_model  # noqa: E402
 
-C4_WEIGHTS = ROOT / ".cache" / "tests" / "c4-adam1e-3-bs64-ep6-seed0-v1.pt"
 STEPS = 20
 
 #: our attack (name, options) -> peer factory (model -> callable(x, y) -> x_adv), or None
@@ -147,12 +146,11 @@ def bench_model(label: str, model: nn.Module, x: Tensor, y: Tensor, repeats: int
 
 
 def mnist_c4(batch: int) -> tuple[nn.Module, Tensor, Tensor, str]:
+    """The tests' trained C4 (trained and cached when missing: peers stop early on a random one)."""
+    from conftest import cached_c4
+
     torch.manual_seed(0)
-    model = build_model("c4", num_classes=10)
-    source = "random init (seed 0)"
-    if C4_WEIGHTS.is_file():
-        model.load_state_dict(torch.load(C4_WEIGHTS, weights_only=True))
-        source = "trained (tests cache)"
+    model, source = cached_c4()
     dm = build_datamodule("mnist_embedded", batch_size=batch, seed=0)
     dm.setup()
     xs, ys = zip(*[dm.test_set[i] for i in range(batch)])
@@ -178,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     model, x, y, source = mnist_c4(batch)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, "
           f"median of {repeats} after warm-up; overhead = time / (grads x plain forward+backward)")
-    bench_model(f"C4 on MNIST, {source}", model, x, y, repeats, rows)
+    print(f"model: {source}")
+    bench_model("C4 on MNIST", model, x, y, repeats, rows)
     if args.cifar:
         torch.manual_seed(0)
         cifar = build_model("cifar_cnn", num_classes=10).eval()
