@@ -74,6 +74,7 @@ ROWS: dict[str, tuple[str, dict]] = {
     "deepfool": ("deepfool", {"steps": STEPS}),
     "cw_l2 1x20": ("cw_l2", {"steps": STEPS, "search_steps": 1}),
     "qpgd_l2": ("qpgd_l2", {"eps": 1.5, "steps": STEPS}),
+    "scw_l2 1x20": ("scw_l2", {"steps": STEPS, "search_steps": 1}),
 }
 PEER_OF = {"fgsm": "fgsm", "ifgsm": "ifgsm", "pgd_linf": "pgd_linf", "pgd_l2": "pgd_l2", "ddn": "ddn",
            "deepfool": "deepfool", "cw_l2 1x20": "cw_l2"}
@@ -166,13 +167,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall time, or this process's CPU time (steadier on a loaded machine)")
     p.add_argument("--cifar", action="store_true", help="also cifar_cnn on 16 random 32x32 images")
+    p.add_argument("--rows", nargs="+", choices=list(ROWS), metavar="ROW", default=None,
+                   help=f"only these rows (default: all; --quick: 4); valid: {', '.join(ROWS)}")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     global CLOCK
     CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     batch = args.batch or (32 if args.quick else 128)
     repeats = args.repeats or (1 if args.quick else 5)
-    rows = ["fgsm", "pgd_l2", "ddn", "bp quantized"] if args.quick else list(ROWS)
+    rows = args.rows or (["fgsm", "pgd_l2", "ddn", "bp quantized"] if args.quick else list(ROWS))
     model, x, y, source = mnist_c4(batch)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, "
           f"median of {repeats} after warm-up; overhead = time / (grads x plain forward+backward)")

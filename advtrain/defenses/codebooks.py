@@ -162,7 +162,9 @@ class E8Codebook(Codebook):
         8k..8k+7). A patch's quantization is that of its pixels, so with the pointwise strategies
         (plain, linf, linear) the average of overlapping patches is this map, exactly and 9x cheaper."""
         b, ch, h, w = feat.shape
-        return self.lattice.quantize(feat.reshape(b, ch // 8, 8, h * w), dim=2).view_as(feat)
+        # decoded with the 8 coordinates contiguous: reductions over them ~1.7x faster than strided
+        vectors = feat.reshape(b, ch // 8, 8, h * w).transpose(2, 3).contiguous()
+        return self.lattice.quantize(vectors).transpose(2, 3).reshape(b, ch, h, w)
 
 
 def fit_kmeans(patches: Tensor, K: int, universal: bool = False, niter: int = 20, seed: int = 0,
