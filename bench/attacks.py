@@ -25,14 +25,13 @@ import torch
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from advtrain.attacks import ATTACKS, build_attack  # noqa: E402
 from advtrain.attacks.base import frozen_eval  # noqa: E402
 from advtrain.data import build_datamodule  # noqa: E402
 from advtrain.models import build_model  # noqa: E402
 
-C4_WEIGHTS = ROOT / ".cache" / "tests" / "c4-adam1e-3-bs64-ep6-seed0-v1.pt"
 STEPS = 20
 
 #: our attack (name, options) -> peer factory (model -> callable(x, y) -> x_adv), or None
@@ -75,6 +74,7 @@ ROWS: dict[str, tuple[str, dict]] = {
     "deepfool": ("deepfool", {"steps": STEPS}),
     "cw_l2 1x20": ("cw_l2", {"steps": STEPS, "search_steps": 1}),
     "qpgd_l2": ("qpgd_l2", {"eps": 1.5, "steps": STEPS}),
+    "scw_l2 1x20": ("scw_l2", {"steps": STEPS, "search_steps": 1}),
 }
 PEER_OF = {"fgsm": "fgsm", "ifgsm": "ifgsm", "pgd_linf": "pgd_linf", "pgd_l2": "pgd_l2", "ddn": "ddn",
            "deepfool": "deepfool", "cw_l2 1x20": "cw_l2"}
@@ -147,12 +147,11 @@ def bench_model(label: str, model: nn.Module, x: Tensor, y: Tensor, repeats: int
 
 
 def mnist_c4(batch: int) -> tuple[nn.Module, Tensor, Tensor, str]:
+    """The tests' trained C4 (trained and cached when missing: peers stop early on a random one)."""
+    from conftest import cached_c4
+
     torch.manual_seed(0)
-    model = build_model("c4", num_classes=10)
-    source = "random init (seed 0)"
-    if C4_WEIGHTS.is_file():
-        model.load_state_dict(torch.load(C4_WEIGHTS, weights_only=True))
-        source = "trained (tests cache)"
+    model, source = cached_c4()
     dm = build_datamodule("mnist_embedded", batch_size=batch, seed=0)
     dm.setup()
     xs, ys = zip(*[dm.test_set[i] for i in range(batch)])
@@ -168,17 +167,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall time, or this process's CPU time (steadier on a loaded machine)")
     p.add_argument("--cifar", action="store_true", help="also cifar_cnn on 16 random 32x32 images")
+    p.add_argument("--rows", nargs="+", choices=list(ROWS), metavar="ROW", default=None,
+                   help=f"only these rows (default: all; --quick: 4); valid: {', '.join(ROWS)}")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     global CLOCK
     CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     batch = args.batch or (32 if args.quick else 128)
     repeats = args.repeats or (1 if args.quick else 5)
-    rows = ["fgsm", "pgd_l2", "ddn", "bp quantized"] if args.quick else list(ROWS)
+    rows = args.rows or (["fgsm", "pgd_l2", "ddn", "bp quantized"] if args.quick else list(ROWS))
     model, x, y, source = mnist_c4(batch)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, "
           f"median of {repeats} after warm-up; overhead = time / (grads x plain forward+backward)")
-    bench_model(f"C4 on MNIST, {source}", model, x, y, repeats, rows)
+    print(f"model: {source}")
+    bench_model("C4 on MNIST", model, x, y, repeats, rows)
     if args.cifar:
         torch.manual_seed(0)
         cifar = build_model("cifar_cnn", num_classes=10).eval()

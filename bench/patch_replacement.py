@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,12 +20,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+import bench.attacks as timing  # noqa: E402  (median_ratio)
 from advtrain.attacks import build_attack  # noqa: E402
 from advtrain.data import build_datamodule  # noqa: E402
 from advtrain.defenses import build_defense  # noqa: E402
 from advtrain.defenses.defended import Defended  # noqa: E402
 from advtrain.defenses.patch_replacement import PatchReplacement  # noqa: E402
-from advtrain.models import build_model  # noqa: E402
+from conftest import cached_c4  # noqa: E402  (the tests' trained C4, trained and cached when missing)
 
 CONFIGS = {
     "image PQ K=128 (3x3, c=1)": [dict(layer="image", K=128)],
@@ -37,46 +37,24 @@ CONFIGS = {
 }
 
 
-def trained_c4() -> torch.nn.Module:
-    """The test suite's C4 (cached in .cache/tests; trained there if missing, ~20 s)."""
-    from conftest import C4_RECIPE, CACHE, train_c4
-
-    path = CACHE / f"{C4_RECIPE}.pt"
-    if path.is_file():
-        model = build_model("c4")
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
-    return train_c4()
-
-
-def seconds(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def accuracy(model, x, y) -> float:
     with torch.no_grad():
         return float((model(x).argmax(1) == y).float().mean())
 
 
 def timings(model, dm, x, y, max_patches: int, repeats: int) -> list[dict]:
+    """Per config: fit time, and defended / plain inference as the median of per-repeat ratios (the
+    two timed back to back, so load changes on a shared machine affect both alike)."""
     rows = []
-    with torch.no_grad():
-        plain = seconds(lambda: model(x), repeats)
     for name, layers in CONFIGS.items():
         t = time.perf_counter()
         defended = PatchReplacement(model, layers).fit(dm.train_dataloader(), max_patches=max_patches)
         fit = time.perf_counter() - t
         with torch.no_grad():
-            infer = seconds(lambda: defended(x), repeats)
+            infer, slowdown = timing.median_ratio(lambda: defended(x), lambda: model(x), repeats)
+        plain = infer / slowdown
         rows.append({"config": name, "fit_s": fit, "plain_ms": 1e3 * plain, "defended_ms": 1e3 * infer,
-                     "slowdown": infer / plain, "acc_plain": accuracy(model, x, y),
+                     "slowdown": slowdown, "acc_plain": accuracy(model, x, y),
                      "acc_defended": accuracy(defended, x, y)})
         print(f"| {name} | {fit:.1f} | {1e3 * plain:.0f} | {1e3 * infer:.0f} | {infer / plain:.1f}x | "
               f"{rows[-1]['acc_plain']:.3f} | {rows[-1]['acc_defended']:.3f} |", flush=True)
@@ -130,7 +108,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args()
     torch.manual_seed(0)
-    model = trained_c4()
+    model, source = cached_c4()
+    print(f"model: {source}")
     dm = build_datamodule("mnist_embedded", batch_size=128)
     dm.setup()
     xs, ys = zip(*[dm.test_set[i] for i in range(min(args.n, len(dm.test_set)))])

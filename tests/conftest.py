@@ -40,20 +40,26 @@ def mnist_dm():
     return dm
 
 
-@pytest.fixture(scope="session")
-def trained_c4() -> torch.nn.Module:
-    """C4 trained on the embedded MNIST train split; weights cached in .cache/tests."""
+def cached_c4() -> tuple[torch.nn.Module, str]:
+    """The shared C4 and where it came from: loaded from .cache/tests, or trained (~20-60 s) and
+    cached there when missing. The benches use it too (never a randomly initialised C4)."""
     path = CACHE / f"{C4_RECIPE}.pt"
     model = build_model("c4", num_classes=10)
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
+        return model.eval(), f"trained C4 {C4_RECIPE} (cached {path})"
     model = train_c4()
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)
-    return model
+    return model, f"trained C4 {C4_RECIPE} (trained now, cached to {path})"
+
+
+@pytest.fixture(scope="session")
+def trained_c4() -> torch.nn.Module:
+    """C4 trained on the embedded MNIST train split; weights cached in .cache/tests."""
+    return cached_c4()[0]
 
 
 @pytest.fixture(scope="session")

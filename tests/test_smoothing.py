@@ -8,6 +8,7 @@ import torch
 
 from advtrain.evaluation.magnify import adversarial_magnification, magnify
 from advtrain.smoothing import LaplacianSmoother, bilateral_filter, default_alpha, image_graph
+from advtrain.smoothing.solvers import BandedSolver, DenseSolver
 
 SOLVERS = ["dense", "cg"]
 
@@ -49,6 +50,16 @@ def test_dense_and_cg_agree_on_mnist(mnist_test_batch):
     cg = LaplacianSmoother(x, 0.95, solver="cg", iters=50)(z)
     torch.testing.assert_close(cg, dense, atol=1e-5 * float(dense.abs().max()), rtol=0)
     assert float((dense - z).abs().max()) > 0.1, "smoothing did nothing"
+
+
+@pytest.mark.parametrize("neighbours", [4, 8])
+@pytest.mark.parametrize("hw", [(9, 7), (5, 1), (1, 6)])
+def test_banded_cholesky_matches_the_dense_inverse(neighbours, hw):
+    """The CPU direct solver (banded, bandwidth W + 1) solves the same systems as the dense inverse."""
+    x, z = rand_image(b=3, c=2, h=hw[0], w=hw[1]), rand_image(b=3, c=4, h=hw[0], w=hw[1], seed=5)
+    graph = image_graph(x, neighbours=neighbours)
+    dense = DenseSolver(graph, 0.95)(z)
+    torch.testing.assert_close(BandedSolver(graph, 0.95)(z), dense, rtol=0, atol=1e-12 * float(dense.abs().max()))
 
 
 def test_smoothing_minimises_eq_4_2():

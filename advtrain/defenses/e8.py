@@ -10,21 +10,19 @@ import torch
 from torch import Tensor
 
 
-def nearest_d8(v: Tensor) -> Tensor:
-    """Nearest point of D8 (integer vectors with even sum) to each row of ``v [..., 8]``.
+def nearest_d8(v: Tensor, dim: int = -1) -> Tensor:
+    """Nearest point of D8 (integer vectors with even sum) to each 8-vector of ``v`` along ``dim``.
 
     Round every coordinate; if the sum is odd, re-round the coordinate with the largest rounding
-    error the other way (Conway & Sloane's g(x)).
+    error the other way (Conway & Sloane's g(x)). Elementwise passes only, in any layout.
     """
     f = torch.round(v)
-    odd = (f.sum(dim=-1) % 2) != 0
     err = v - f
-    worst = err.abs().argmax(dim=-1, keepdim=True)
-    e_w = err.gather(-1, worst)
+    odd = f.sum(dim=dim, keepdim=True).remainder(2) != 0
+    worst = err.abs().argmax(dim=dim, keepdim=True)
     # the other way: towards v, i.e. +1 where v was rounded down (err >= 0), -1 otherwise
-    step = torch.where(e_w >= 0, torch.ones_like(e_w), -torch.ones_like(e_w))
-    g = f.scatter_add(-1, worst, step)
-    return torch.where(odd.unsqueeze(-1), g, f)
+    step = torch.where(err.gather(dim, worst) >= 0, 1.0, -1.0).to(v.dtype)
+    return f.scatter_add(dim, worst, step * odd)
 
 
 class E8Lattice:
@@ -44,13 +42,13 @@ class E8Lattice:
     def __repr__(self) -> str:
         return f"E8Lattice(scale={self.scale})"
 
-    def quantize(self, v: Tensor) -> Tensor:
-        """Nearest point of ``scale * E8`` to each 8-vector of ``v [..., 8]`` (exact)."""
-        if v.shape[-1] != self.dim:
-            raise ValueError(f"E8 quantizes 8-vectors: the last dimension must be 8, got {tuple(v.shape)}")
+    def quantize(self, v: Tensor, dim: int = -1) -> Tensor:
+        """Nearest point of ``scale * E8`` to each 8-vector of ``v`` along ``dim`` (exact)."""
+        if v.dim() == 0 or v.shape[dim] != self.dim:
+            raise ValueError(f"E8 quantizes 8-vectors: dimension {dim} must be 8, got {tuple(v.shape)}")
         x = v / self.scale
-        p0 = nearest_d8(x)
-        p1 = nearest_d8(x - 0.5) + 0.5
-        d0 = (x - p0).pow(2).sum(dim=-1, keepdim=True)
-        d1 = (x - p1).pow(2).sum(dim=-1, keepdim=True)
+        p0 = nearest_d8(x, dim)
+        p1 = nearest_d8(x - 0.5, dim) + 0.5
+        d0 = (x - p0).pow(2).sum(dim=dim, keepdim=True)
+        d1 = (x - p1).pow(2).sum(dim=dim, keepdim=True)
         return torch.where(d1 < d0, p1, p0) * self.scale

@@ -26,11 +26,11 @@ from torch import Tensor, nn
 
 from ..attacks.features import layer_hooks, layer_names
 from ..registry import check_kwargs
-from .codebooks import (Codebook, E8Codebook, build_codebook, check_kind, fit_kmeans,
-                        load_safetensors, save_safetensors)
+from .codebooks import (Codebook, E8Codebook, PQCodebook, build_codebook, check_kind, fit_kmeans,
+                        load_safetensors, progress_bar, save_safetensors)
 from ..models.fingerprint import weights_sha256
 from .defended import ATTACK_VIEWS, Defended
-from .patches import PatchGeometry, extract_patches, fold_patches
+from .patches import PatchGeometry, extract_patches, fold_columns, fold_patches, sample_patches
 from .registry import register_defense
 from .strategies import get_strategy
 
@@ -155,13 +155,23 @@ class LayerReplacement(nn.Module):
 
     def forward(self, feat: Tensor) -> Tensor:
         cfg = self.config
-        patches, layout = extract_patches(feat, cfg.geometry)
-        with torch.no_grad():
-            q = self.codebook.quantize(patches.detach())
-        if patches.requires_grad:  # constant codewords, kept in the graph: a zero gradient, not an error
-            q = q + 0.0 * patches
-        out = fold_patches(get_strategy(cfg.strategy, cfg.eps)(patches, q), layout)
+        strategy = get_strategy(cfg.strategy, cfg.eps)
+        if isinstance(self.codebook, E8Codebook) and cfg.strategy != "l2":
+            out = strategy(feat, _constant_like(self.codebook.quantize_map, feat))
+        elif isinstance(self.codebook, PQCodebook) and cfg.strategy == "plain":
+            out = _constant_like(self._plain_pq, feat)
+        else:
+            patches, layout = extract_patches(feat, cfg.geometry)
+            out = fold_patches(strategy(patches, _constant_like(self.codebook.quantize, patches)), layout)
         return out.clamp(0.0, 1.0) if cfg.layer == IMAGE else out
+
+    def _plain_pq(self, feat: Tensor) -> Tensor:
+        """Plain PQ replacement: search in the "kkd" patch order (the fast copy), fold the chosen
+        codewords from F.fold's column layout (no transposing copy)."""
+        geom = self.config.geometry
+        rows, layout = extract_patches(feat, geom, order="kkd")
+        idx = self.codebook.nearest(rows, order=geom.kkd_order() if geom.d > 1 else None)
+        return fold_columns(self.codebook.columns(idx, feat.shape[0]).to(feat.dtype), layout)
 
 
 @register_defense("patch_replacement")
@@ -243,49 +253,68 @@ class PatchReplacement(Defended):
         return {"blackbox": self.model, "direct": self, "bpda": _StraightThrough(self)}[view]
 
     # ----------------------------------------------------------------------------------- fitting
-    def collect_patches(self, batches: Iterable[Any], max_patches: int = 50_000,
-                        seed: int = 0) -> dict[int, Tensor]:
+    def collect_patches(self, batches: Iterable[Any], max_patches: int = 50_000, seed: int = 0,
+                        max_images: int | None = 10_000, progress: bool | None = None) -> dict[int, Tensor]:
         """Patches ``[m, N, dim]`` (N <= max_patches per slice) of every k-means layer, sampled
-        uniformly from one pass of the clean training data through the undefended model."""
+        uniformly from the first ``max_images`` training images (the loader's order; None: one
+        pass over all) through the undefended model. Only the drawn patches are copied.
+
+        ``progress``: a progress bar over the batches (None: when stderr is a terminal).
+        """
         if max_patches < 1:
             raise ValueError(f"max_patches must be >= 1, got {max_patches}")
+        if max_images is not None and max_images < 1:
+            raise ValueError(f"max_images must be >= 1 or None, got {max_images}")
         todo = [i for i, c in enumerate(self.layers) if c.codebook != "e8"]
         inner = [i for i in todo if self.layers[i].layer != IMAGE]
         gen = torch.Generator().manual_seed(seed)
-        per_batch = math.ceil(max_patches / len(batches)) if hasattr(batches, "__len__") and len(batches) else None
+        n_batches = len(batches) if hasattr(batches, "__len__") else None
+        if n_batches and max_images is not None and getattr(batches, "batch_size", None):
+            n_batches = min(n_batches, math.ceil(max_images / batches.batch_size))
+        per_batch = math.ceil(max_patches / n_batches) if n_batches else None
         pools: dict[int, list[Tensor]] = {i: [] for i in todo}
         feats: dict[int, Tensor] = {}
         record = {self.layers[i].layer: (lambda i: lambda out: feats.__setitem__(i, out))(i) for i in inner}
+        seen = 0
         with layer_hooks(self.model, record):
             with torch.no_grad():
-                for batch in batches:
+                for batch in progress_bar(batches, n_batches, progress, "patches"):
                     x = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(self._device())
+                    if max_images is not None:
+                        x = x[:max_images - seen]
                     feats.update({i: x for i in todo if i not in inner})
                     if inner:
                         self.model(x)
                     for i in todo:
-                        p, _ = extract_patches(feats[i], self.layers[i].geometry)
-                        pools[i].append(_sample_rows(p.cpu(), per_batch, gen))
+                        pools[i].append(sample_patches(feats[i], self.layers[i].geometry,
+                                                       per_batch or max_patches, gen).cpu())
+                    seen += len(x)
+                    if max_images is not None and seen >= max_images:
+                        break
         return {i: _sample_rows(torch.cat(pools[i], dim=1), max_patches, gen) if pools[i] else torch.empty(0)
                 for i in todo}
 
     def fit(self, batches: Iterable[Any], max_patches: int = 50_000, niter: int = 20, seed: int = 0,
-            gpu: bool | None = None) -> "PatchReplacement":
+            gpu: bool | None = None, max_images: int | None = 10_000,
+            progress: bool | None = None) -> "PatchReplacement":
         """Fit every k-means codebook on clean training patches (thesis 6.3.2); E8 needs none.
 
-        ``batches``: e.g. the training DataLoader (yielding ``(x, y)`` or ``x``).
+        ``batches``: e.g. the training DataLoader (yielding ``(x, y)`` or ``x``); patches are drawn
+        from its first ``max_images`` images (see :meth:`collect_patches`); faiss subsamples them
+        further to 256 per codeword. ``progress``: progress bars (None: when stderr is a terminal).
         """
         was_training = self.model.training
         self.model.eval()
         start = time.perf_counter()
         try:
-            pools = self.collect_patches(batches, max_patches, seed)
+            pools = self.collect_patches(batches, max_patches, seed, max_images, progress)
             for i, patches in pools.items():
                 cfg = self.layers[i]
                 if patches.numel() == 0:
                     raise ValueError(f"no training patches were collected for layer {cfg.layer!r}")
                 self.set_codebook(i, fit_kmeans(patches, cfg.K, universal=cfg.codebook == "universal",
-                                                niter=niter, seed=seed, gpu=gpu))
+                                                niter=niter, seed=seed, gpu=gpu,
+                                                progress=progress, label=cfg.layer))
         finally:
             self.model.train(was_training)
         self.last_fit_seconds = time.perf_counter() - start
@@ -355,6 +384,14 @@ def _sample_rows(patches: Tensor, n: int | None, gen: torch.Generator) -> Tensor
         return patches
     idx = torch.stack([torch.randperm(total, generator=gen)[:n] for _ in range(m)])
     return patches.gather(1, idx.unsqueeze(-1).expand(-1, -1, patches.shape[2]))
+
+
+def _constant_like(fn, x: Tensor) -> Tensor:
+    """``fn(x)`` computed without gradient; kept in ``x``'s graph with a zero gradient (constant
+    codewords: a zero gradient, not an error)."""
+    with torch.no_grad():
+        out = fn(x.detach())
+    return out + 0.0 * x if x.requires_grad else out
 
 
 class _StraightThrough(nn.Module):

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from .graph import ImageGraph, image_graph
 from .laplacian import check_alpha
-from .solvers import DENSE_MAX_PIXELS, CGSolver, DenseSolver
+from .solvers import DENSE_MAX_PIXELS, CGSolver, direct_solver
 
 SOLVERS = ("auto", "dense", "cg")
 
@@ -46,7 +46,8 @@ class LaplacianSmoother:
     Args:
         x_o: guide images [B, d, H, W] in [0, 1]; each image gets its own graph (eq. 4.1).
         alpha: smoothing strength in [0, 1); 0 is the identity; None: ``default_alpha`` by size.
-        solver: "dense" (pre-computed inverse), "cg" (matrix-free conjugate gradient) or "auto"
+        solver: "dense" (direct: banded Cholesky on CPU, pre-computed inverse on other devices),
+            "cg" (matrix-free conjugate gradient) or "auto"
             (dense up to ``DENSE_MAX_PIXELS`` pixels, CG above).
         iters: CG iterations (fixed count, thesis 4.4.1: 50).
         **graph_options: ``feature_kernel``, ``sigma_f``, ``sigma_s``, ``neighbours`` of ``image_graph``.
@@ -64,7 +65,7 @@ class LaplacianSmoother:
         if solver == "auto":
             solver = "dense" if h * w <= DENSE_MAX_PIXELS else "cg"
         self.alpha, self.solver_name = float(alpha), solver
-        self._solve = DenseSolver(self.graph, alpha) if solver == "dense" else CGSolver(self.graph, alpha, iters)
+        self._solve = direct_solver(self.graph, alpha) if solver == "dense" else CGSolver(self.graph, alpha, iters)
         with torch.no_grad():
             ones = torch.ones(b, 1, h, w, dtype=x_o.dtype, device=x_o.device)
             self.row_sums = self._solve(ones)  # s_alpha(1_n), [B, 1, H, W], positive

@@ -1,4 +1,5 @@
-"""Solvers of L_alpha r = z (thesis eq. 4.4): dense inverse for small images, batched CG for large.
+"""Solvers of L_alpha r = z (thesis eq. 4.4): direct for small images (banded Cholesky on CPU, dense
+inverse elsewhere), batched CG for large.
 
 Each solver maps a signal z [B, C, H, W] to L_alpha^{-1} z, one linear system per image and
 channel (the channels are the d columns of thesis 4.2). L_alpha is symmetric positive-definite.
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,6 +40,53 @@ class DenseSolver:
     def __call__(self, z: Tensor) -> Tensor:
         flat = z.flatten(2)  # [B, C, n]
         return torch.matmul(flat, self.inverse).view_as(z)
+
+
+class BandedSolver:
+    """Direct solve by a banded Cholesky factorization (LAPACK pbtrf/pbtrs through scipy), CPU.
+
+    In row-major pixel order the 4/8-neighbour graph links pixel i to i +- 1, i +- W, i +- (W +- 1)
+    only, so L_alpha is banded with bandwidth W + 1: factorising costs n (W+1)^2 and each solve
+    4 n (W+1) flops per image and channel, against n^3 / 3 and 2 n^2 for the dense inverse
+    (MNIST: ~240x less to set up, ~7x less per solve).
+    """
+
+    def __init__(self, graph: ImageGraph, alpha: float) -> None:
+        from scipy.linalg import get_lapack_funcs
+
+        b, h, w = graph.shape
+        lower = [(k, dy * w + dx) for k, (dy, dx) in enumerate(graph.offsets) if (dy, dx) > (0, 0)]
+        self.band = max(off for _, off in lower)
+        n = h * w
+        # LAPACK lower band storage ab[i - j, j] = L[i, j], stored transposed: rows[b, j, i - j]
+        rows = graph.weights.new_zeros(b, n, self.band + 1).cpu()
+        rows[:, :, 0] = 1.0 / (1.0 - alpha)
+        for k, off in lower:  # L[j + off, j] = -alpha / (1 - alpha) w_(j, j + off), zero outside the image
+            rows[:, :, off] -= alpha / (1.0 - alpha) * graph.weights[:, k].reshape(b, n).cpu()
+        rows = rows.numpy()
+        self._factor, self._solve = get_lapack_funcs(("pbtrf", "pbtrs"), (rows,))
+        self.factors = []
+        for i in range(b):
+            factor, info = self._factor(rows[i].T, lower=1, overwrite_ab=1)
+            if info != 0:
+                raise RuntimeError(f"banded Cholesky of L_alpha failed for image {i} (LAPACK info {info})")
+            self.factors.append(factor)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        out = z.detach().flatten(2).to("cpu", copy=True).contiguous()   # [B, C, n], solved in place
+        arrays = out.numpy()
+        for factor, rhs in zip(self.factors, arrays):
+            x, info = self._solve(factor, rhs.T, lower=1, overwrite_b=1)
+            if info != 0:
+                raise RuntimeError(f"banded Cholesky solve failed (LAPACK info {info})")
+            if not np.shares_memory(x, rhs):  # f2py solved a copy
+                rhs[...] = x.T
+        return out.to(z.device).view_as(z)
+
+
+def direct_solver(graph: ImageGraph, alpha: float) -> Callable[[Tensor], Tensor]:
+    """The direct solver for ``solver="dense"``: banded Cholesky on CPU, the dense inverse elsewhere."""
+    return BandedSolver(graph, alpha) if graph.weights.device.type == "cpu" else DenseSolver(graph, alpha)
 
 
 def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int) -> Tensor:
