@@ -33,8 +33,8 @@ class AttackResult:
     """
 
     def __init__(self, x_adv: Tensor, success: Tensor | Callable[[], Tensor], l2: Tensor, linf: Tensor,
-                 grads: int) -> None:
-        self.x_adv, self.l2, self.linf, self.grads = x_adv, l2, linf, grads
+                 grads: int, queries: int = 0) -> None:
+        self.x_adv, self.l2, self.linf, self.grads, self.queries = x_adv, l2, linf, grads, queries
         self._success = success if isinstance(success, Tensor) else None
         self._measure = None if isinstance(success, Tensor) else success
 
@@ -78,6 +78,7 @@ class AttackContext:
     targets: Tensor | None
     loss_fn: Callable[..., Tensor]
     grads: int = 0
+    queries: int = 0
     checked: bool = False
 
     def forward(self, x: Tensor) -> Tensor:
@@ -91,7 +92,8 @@ class AttackContext:
         return logits
 
     def logits(self, x: Tensor) -> Tensor:
-        """Forward pass (no gradient bookkeeping)."""
+        """Forward pass without gradient; counts one query."""
+        self.queries += 1
         with torch.no_grad():
             return self.forward(x)
 
@@ -202,6 +204,8 @@ class Attack:
     #: norm in which the budget ``eps`` of a distortion-targeted attack is measured ("l2" or "linf")
     norm: ClassVar[str] = "l2"
     default_loss: ClassVar[str] = "ce"
+    #: False for score-based attacks (Square): they never take a gradient and report ``grads = 0``
+    uses_gradients: ClassVar[bool] = True
 
     def __init__(self, *, quantize: bool = False, loss: str | None = None, eval_mode: bool = True) -> None:
         self.quantize = bool(quantize)
@@ -226,7 +230,8 @@ class Attack:
             delta = x_adv - x
             # success is always measured on the returned images, when first read
             return AttackResult(x_adv=x_adv, success=success_on(model, ctx, x_adv, self.eval_mode),
-                                l2=l2_norm(delta), linf=linf_norm(delta), grads=ctx.grads)
+                                l2=l2_norm(delta), linf=linf_norm(delta), grads=ctx.grads,
+                                queries=ctx.queries)
 
     def _run(self, ctx: AttackContext) -> Tensor:
         """Return the adversarial images (in [0, 1])."""
