@@ -41,6 +41,7 @@ def assert_agree(ours_success, ours_l2, peer_success, peer_l2) -> None:
     assert 0.05 < peer_rate < 0.95, f"eps should give an informative success rate, got {peer_rate}"
     assert abs(ours_rate - peer_rate) <= RATE_TOL, (ours_rate, peer_rate)
     ours_mean, peer_mean = float(ours_l2[ours_success].mean()), float(peer_l2[peer_success].detach().mean())
+    print(f"success ours {ours_rate:.3f} peer {peer_rate:.3f}; mean L2 ours {ours_mean:.3f} peer {peer_mean:.3f}")
     assert ours_mean <= (1 + L2_RTOL) * peer_mean, (ours_mean, peer_mean)
 
 
