@@ -45,6 +45,8 @@ def _peers() -> dict[str, Callable[[nn.Module], Callable[[Tensor, Tensor], Tenso
         peers["pgd_linf"] = lambda m: ta.PGD(m, eps=0.1, alpha=0.02, steps=STEPS, random_start=False)
         peers["pgd_l2"] = lambda m: ta.PGDL2(m, eps=1.5, alpha=0.3, steps=STEPS, random_start=False)
         peers["cw_l2"] = lambda m: ta.CW(m, c=1.0, steps=STEPS, lr=0.5)
+        peers["apgd_linf"] = lambda m: ta.APGD(m, eps=0.1, steps=100)
+        peers["apgd_linf eps.02"] = lambda m: ta.APGD(m, eps=0.02, steps=100)
     except ImportError:
         pass
     try:
@@ -75,9 +77,13 @@ ROWS: dict[str, tuple[str, dict]] = {
     "deepfool": ("deepfool", {"steps": STEPS}),
     "cw_l2 1x20": ("cw_l2", {"steps": STEPS, "search_steps": 1}),
     "qpgd_l2": ("qpgd_l2", {"eps": 1.5, "steps": STEPS}),
+    # AutoAttack's 100 steps; at eps 0.02 no image is fooled, so early stop saves nothing
+    "apgd_linf": ("apgd_linf", {"eps": 0.1, "steps": 100}),
+    "apgd_linf eps.02": ("apgd_linf", {"eps": 0.02, "steps": 100}),
 }
 PEER_OF = {"fgsm": "fgsm", "ifgsm": "ifgsm", "pgd_linf": "pgd_linf", "pgd_l2": "pgd_l2", "ddn": "ddn",
-           "deepfool": "deepfool", "cw_l2 1x20": "cw_l2"}
+           "deepfool": "deepfool", "cw_l2 1x20": "cw_l2", "apgd_linf": "apgd_linf",
+           "apgd_linf eps.02": "apgd_linf eps.02"}
 
 
 CLOCK: Callable[[], float] = time.perf_counter
@@ -168,13 +174,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall time, or this process's CPU time (steadier on a loaded machine)")
     p.add_argument("--cifar", action="store_true", help="also cifar_cnn on 16 random 32x32 images")
+    p.add_argument("--rows", nargs="+", choices=list(ROWS), default=None, help="only these rows")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     global CLOCK
     CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     batch = args.batch or (32 if args.quick else 128)
     repeats = args.repeats or (1 if args.quick else 5)
-    rows = ["fgsm", "pgd_l2", "ddn", "bp quantized"] if args.quick else list(ROWS)
+    rows = args.rows or (["fgsm", "pgd_l2", "ddn", "bp quantized"] if args.quick else list(ROWS))
     model, x, y, source = mnist_c4(batch)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, "
           f"median of {repeats} after warm-up; overhead = time / (grads x plain forward+backward)")

@@ -1,7 +1,6 @@
 """evaluate.py --model NAME [--weights FILE] and --model pkg.module:callable (RobustBench-style)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_evaluation_cli import script  # noqa: F401  (the evaluate.py module, a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = [{"attack": "fgsm", "budgets": [0.1, 0.3]}]
@@ -26,18 +26,6 @@ def load(path={path!r}):
 def not_a_model():
     return 42
 '''
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script_model_option", ROOT / "evaluate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="module")
-def script():
-    return _load_script()
 
 
 @pytest.fixture(scope="module")

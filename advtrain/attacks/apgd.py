@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, check_count, check_positive
+from .base import Attack, AttackContext, check_count, check_fraction, check_positive, check_seed
 from .losses import is_adversarial
 from .norms import l2_norm, linf_norm, normalize_l2, project_l2, project_linf, quantize as quantize_8bit
 from .norms import view_as_batch
@@ -93,12 +93,9 @@ class _APGD(Attack):
         check_positive("eps", eps)
         check_count("steps", steps)
         check_count("restarts", restarts)
-        if not 0.0 < rho <= 1.0:
-            raise ValueError(f"rho must lie in (0, 1], got {rho}")
-        if not 0.0 < momentum <= 1.0:
-            raise ValueError(f"momentum must lie in (0, 1], got {momentum}")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+        check_fraction("rho", rho)
+        check_fraction("momentum", momentum)
+        check_seed(seed)
         self.eps = float(eps)
         self.steps = int(steps)
         self.restarts = int(restarts)
@@ -164,10 +161,10 @@ class _APGD(Attack):
             s.best = torch.where(view_as_batch(better, nxt), nxt, s.best)
             s.best_grad = torch.where(view_as_batch(better, nxt), g, s.best_grad)
             s.best_f = torch.where(better, f, s.best_f)
+            s = self._retire(ctx, s, logits, out, done)  # before a checkpoint moves x^(k+1) to x_max
             if k + 1 in checks:
                 s = self._checkpoint(s, k + 1 - last_check)
                 last_check = k + 1
-            s = self._retire(ctx, s, logits, out, done)
         # samples never adversarial: keep their x_max if its loss beats that of earlier runs
         better = s.best_f < out_f[s.idx]
         out[s.idx[better]] = s.best[better]

@@ -182,6 +182,18 @@ def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def check_fraction(name: str, value: float) -> None:
+    """Validate a hyper-parameter in (0, 1] (a rate, a momentum, a fraction)."""
+    if value is None or not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must lie in (0, 1], got {value}")
+
+
+def check_seed(value: int) -> None:
+    """Validate a random seed: an integer."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"seed must be an integer, got {value!r}")
+
+
 def check_count(name: str, value: int) -> None:
     """Validate an iteration-like count (steps, candidates, search steps): an integer >= 1."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:

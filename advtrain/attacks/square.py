@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, check_count, check_positive
+from .base import Attack, AttackContext, check_count, check_fraction, check_positive, check_seed
 from .losses import is_adversarial
 from .norms import clip_box, l2_norm, project_linf, project_sphere, quantize as quantize_8bit, view_as_batch
 from .registry import register_attack
@@ -75,10 +75,8 @@ class _Square(Attack):
         eps = self.default_eps if eps is None else eps
         check_positive("eps", eps)
         check_count("queries", queries)
-        if not 0.0 < p_init <= 1.0:
-            raise ValueError(f"p_init must lie in (0, 1], got {p_init}")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+        check_fraction("p_init", p_init)
+        check_seed(seed)
         self.eps = float(eps)
         self.queries = int(queries)
         self.p_init = float(p_init)
