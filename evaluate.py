@@ -7,6 +7,8 @@
     python evaluate.py --ckpt CKPT --defense median:size=3 --view blackbox   # attacks ignore the defense
     python evaluate.py --ckpt CKPT --defense patch_replacement:codebooks=runs/pr/patch_codebooks.safetensors
     python evaluate.py --ckpt CKPT --procs 2                             # shard over 2 processes (gloo)
+    python evaluate.py --model c4 --weights c4.safetensors --data mnist_embedded   # any model, not a checkpoint
+    python evaluate.py --model mypkg.models:load_robust --data cifar10   # a callable returning an nn.Module
     torchrun --nproc_per_node 2 evaluate.py --ckpt CKPT --images 500     # same, by torchrun (--n is its own)
 
 Writes results.json (rewritten after every attack; a rerun skips finished attacks), report.md,
@@ -36,6 +38,7 @@ from advtrain.defenses.defended import ATTACK_VIEWS, Defended  # noqa: E402
 from advtrain.evaluation import load_suite, run_suite  # noqa: E402
 from advtrain.evaluation.checkpoint import load_checkpoint  # noqa: E402
 from advtrain.evaluation.distributed import dist_info  # noqa: E402
+from advtrain.evaluation.external import load_model, safe_name  # noqa: E402
 from advtrain.evaluation.guards import check_output_dir, check_run_options  # noqa: E402
 from advtrain.evaluation.report import log_wandb, plot_curves, plot_examples, write_report  # noqa: E402
 
@@ -44,7 +47,11 @@ DEFAULT_N = 1000
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", required=True, help="a train.py checkpoint (loaded with weights_only=True)")
+    p.add_argument("--ckpt", default=None, help="a train.py checkpoint (loaded with weights_only=True)")
+    p.add_argument("--model", default=None, metavar="NAME|pkg.module:callable",
+                   help="instead of --ckpt: a factory name (c4, timm:..., torchvision:...) or a callable "
+                        "returning an nn.Module on [0, 1] pixels; needs --data")
+    p.add_argument("--weights", default=None, help="with --model: weights file (weights_only / safetensors)")
     p.add_argument("--defense", action="append", default=[], metavar="NAME[:k=v,...]",
                    help="input defense in front of the classifier (repeat to compose, in order)")
     p.add_argument("--view", choices=ATTACK_VIEWS, default="bpda",
@@ -68,6 +75,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.procs < 1:
         raise ValueError(f"--procs must be >= 1, got {args.procs}")
+    if (args.ckpt is None) == (args.model is None):
+        raise ValueError("give exactly one of --ckpt (a train.py checkpoint) or --model (any model)")
+    if args.model is not None and args.data is None:
+        raise ValueError("--model needs --data, the dataset to evaluate on (e.g. --data mnist_embedded)")
+    if args.weights is not None and args.model is None:
+        raise ValueError("--weights goes with --model (a checkpoint holds its own weights)")
     return args
 
 
@@ -99,23 +112,30 @@ def prepare(args: argparse.Namespace) -> dict:
     """Everything a worker needs, validated up front so user errors are one clear line."""
     check_run_options(n=args.n, d_upp=args.d_upp, quantize=args.quantize, view=args.view,
                       batch_size=args.batch_size, seed=args.seed, points=200)
-    out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent / "eval"
+    if args.out:
+        out = Path(args.out)
+    else:
+        out = Path(args.ckpt).resolve().parent / "eval" if args.ckpt else Path("runs", "eval", safe_name(args.model))
     check_output_dir(out)  # a file or a read-only folder: refused before any attack runs
-    model, hp, dm_hp = load_checkpoint(args.ckpt)
-    defended = apply_defenses(model, [parse_defense(d) for d in args.defense])
+    model, hp, dm_hp = load_checkpoint(args.ckpt) if args.ckpt else (None, {"model": args.model}, {})
     dataset = args.data or dm_hp.get("dataset") or "mnist_embedded"
     load_suite(args.suite, dataset)  # validate attack names and options before any work
     same = dataset == dm_hp.get("dataset")
     dm = NamedDataModule(dataset=dataset, root=args.data_root or (dm_hp.get("root") if same else None),
                          image_size=dm_hp.get("image_size") if same else None, batch_size=args.batch_size)
     dm.setup("test")
+    if model is None:
+        model = load_model(args.model, args.weights, dm.num_classes, dm.image_shape[0])
+    defended = apply_defenses(model, [parse_defense(d) for d in args.defense])
     test_set = dm.inner.test_set
     n = args.n if args.n is not None else min(DEFAULT_N, len(test_set))
     if n > len(test_set):
         raise ValueError(f"--n {n} is larger than the test set of {dataset} ({len(test_set)} images)")
+    source = ({"checkpoint": str(Path(args.ckpt).resolve())} if args.ckpt else
+              {"weights": str(Path(args.weights).resolve()) if args.weights else None})
     return {"model": defended, "dataset": dataset,
             "loader": DataLoader(Subset(test_set, range(n)), batch_size=args.batch_size), "n": n, "out": out,
-            "context": {"checkpoint": str(Path(args.ckpt).resolve()), "model": hp["model"]}}
+            "context": {**source, "model": hp["model"]}}
 
 
 def evaluate(args: argparse.Namespace, job: dict) -> dict:

@@ -44,6 +44,8 @@ def _peers() -> dict[str, Callable[[nn.Module], Callable[[Tensor, Tensor], Tenso
         peers["pgd_linf"] = lambda m: ta.PGD(m, eps=0.1, alpha=0.02, steps=STEPS, random_start=False)
         peers["pgd_l2"] = lambda m: ta.PGDL2(m, eps=1.5, alpha=0.3, steps=STEPS, random_start=False)
         peers["cw_l2"] = lambda m: ta.CW(m, c=1.0, steps=STEPS, lr=0.5)
+        peers["apgd_linf"] = lambda m: ta.APGD(m, eps=0.1, steps=100)
+        peers["apgd_linf eps.02"] = lambda m: ta.APGD(m, eps=0.02, steps=100)
     except ImportError:
         pass
     try:
@@ -75,9 +77,13 @@ ROWS: dict[str, tuple[str, dict]] = {
     "cw_l2 1x20": ("cw_l2", {"steps": STEPS, "search_steps": 1}),
     "qpgd_l2": ("qpgd_l2", {"eps": 1.5, "steps": STEPS}),
     "scw_l2 1x20": ("scw_l2", {"steps": STEPS, "search_steps": 1}),
+    # AutoAttack's 100 steps; at eps 0.02 no image is fooled, so early stop saves nothing
+    "apgd_linf": ("apgd_linf", {"eps": 0.1, "steps": 100}),
+    "apgd_linf eps.02": ("apgd_linf", {"eps": 0.02, "steps": 100}),
 }
 PEER_OF = {"fgsm": "fgsm", "ifgsm": "ifgsm", "pgd_linf": "pgd_linf", "pgd_l2": "pgd_l2", "ddn": "ddn",
-           "deepfool": "deepfool", "cw_l2 1x20": "cw_l2"}
+           "deepfool": "deepfool", "cw_l2 1x20": "cw_l2", "apgd_linf": "apgd_linf",
+           "apgd_linf eps.02": "apgd_linf eps.02"}
 
 
 CLOCK: Callable[[], float] = time.perf_counter

@@ -28,6 +28,12 @@ CHEAP: dict[str, dict] = {
     "cw_l2": {"steps": 3, "search_steps": 1},
     "scw_l2": {"steps": 2, "search_steps": 1, "solver": "cg", "cg_iters": 5},
     "qpgd_l2": {"eps": 1.0, "steps": 2, "solver": "cg", "cg_iters": 5},
+    "apgd_linf": {"eps": 0.1, "steps": 3},
+    "apgd_l2": {"eps": 1.0, "steps": 3},
+    "apgd_t_linf": {"eps": 0.1, "steps": 3, "n_target_classes": 2},
+    "apgd_t_l2": {"eps": 1.0, "steps": 3, "n_target_classes": 2},
+    "square_linf": {"eps": 0.1, "queries": 10},
+    "square_l2": {"eps": 1.0, "queries": 10},
 }
 #: generic fallback, filtered by the options each attack accepts
 GENERIC = {"steps": 3, "binary_search_steps": 1, "search_steps": 1, "iterations": 3, "max_iter": 3,
@@ -83,7 +89,9 @@ def check_result(name: str, attack, model: nn.Module, x, y, res, targets=None) -
     delta = (x_adv - x).detach()
     torch.testing.assert_close(res.l2, l2_norm(delta))
     torch.testing.assert_close(res.linf, linf_norm(delta))
-    assert isinstance(res.grads, int) and res.grads >= 1
+    assert isinstance(res.grads, int) and res.grads >= (1 if type(attack).uses_gradients else 0)
+    if not type(attack).uses_gradients:  # score-based: only forward queries
+        assert res.grads == 0 and res.queries >= 1
     if type(attack).family == "distortion":
         eps, norm = attack.eps, type(attack).norm
         measured = res.linf if norm == "linf" else res.l2

@@ -75,7 +75,8 @@ def test_every_registered_attack_end_to_end_on_trained_c4(trained_c4, mnist_dm, 
     assert set(res["attacks"]) == set(ATTACKS.canonical())
     for label, e in res["attacks"].items():
         assert e["status"] == "done", (label, e.get("error"))
-        assert e["grads"] > 0 and e["time_s"] > 0 and e["zero_grad_rate"] == 0.0
+        assert (e["grads"] > 0 or not ATTACKS[e["attack"]].uses_gradients) and e["time_s"] > 0
+        assert e["zero_grad_rate"] == 0.0
         for v in ("quantized", "unquantized"):
             _check_variant(e[v], ctx["n"])
         if e["family"] == "distortion":

@@ -35,8 +35,8 @@ class AttackResult:
     """
 
     def __init__(self, x_adv: Tensor, success: Tensor | Callable[[], Tensor], l2: Tensor, linf: Tensor,
-                 grads: int) -> None:
-        self.x_adv, self.l2, self.linf, self.grads = x_adv, l2, linf, grads
+                 grads: int, queries: int = 0) -> None:
+        self.x_adv, self.l2, self.linf, self.grads, self.queries = x_adv, l2, linf, grads, queries
         self._success = success if isinstance(success, Tensor) else None
         self._measure = None if isinstance(success, Tensor) else success
 
@@ -80,6 +80,7 @@ class AttackContext:
     targets: Tensor | None
     loss_fn: Callable[..., Tensor]
     grads: int = 0
+    queries: int = 0
     checked: bool = False
 
     def forward(self, x: Tensor) -> Tensor:
@@ -93,7 +94,8 @@ class AttackContext:
         return logits
 
     def logits(self, x: Tensor) -> Tensor:
-        """Forward pass (no gradient bookkeeping)."""
+        """Forward pass without gradient; counts one query."""
+        self.queries += 1
         with torch.no_grad():
             return self.forward(x)
 
@@ -190,6 +192,18 @@ def check_flag(name: str, value: bool) -> None:
         raise TypeError(f"{name} must be true or false, got {type(value).__name__} {value!r}")
 
 
+def check_fraction(name: str, value: float) -> None:
+    """Validate a hyper-parameter in (0, 1] (a rate, a momentum, a fraction)."""
+    if value is None or not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must lie in (0, 1], got {value}")
+
+
+def check_seed(value: int) -> None:
+    """Validate a random seed: an integer."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"seed must be an integer, got {value!r}")
+
+
 def check_count(name: str, value: int) -> None:
     """Validate an iteration-like count (steps, candidates, search steps): an integer >= 1."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -244,6 +258,9 @@ class Attack:
             raise ValueError(f"{cls.__name__}.family must be one of {', '.join(f.value for f in Family)}, "
                              f"got {cls.family!r}") from None
 
+    #: False for score-based attacks (Square): they never take a gradient and report ``grads = 0``
+    uses_gradients: ClassVar[bool] = True
+
     def __init__(self, *, quantize: bool = False, loss: str | None = None, eval_mode: bool = True) -> None:
         check_flag("quantize", quantize)
         check_flag("eval_mode", eval_mode)
@@ -269,7 +286,8 @@ class Attack:
             delta = x_adv - x
             # success is always measured on the returned images, when first read
             return AttackResult(x_adv=x_adv, success=success_on(model, ctx, x_adv, self.eval_mode),
-                                l2=l2_norm(delta), linf=linf_norm(delta), grads=ctx.grads)
+                                l2=l2_norm(delta), linf=linf_norm(delta), grads=ctx.grads,
+                                queries=ctx.queries)
 
     def _run(self, ctx: AttackContext) -> Tensor:
         """Return the adversarial images (in [0, 1])."""

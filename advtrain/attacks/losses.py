@@ -1,6 +1,7 @@
 """Attacker losses shared by every attack: thesis eq. 2.7-2.8 and the margin loss eq. 2.19.
 
-Convention: the attacker *minimizes* these losses; a value < 0 means adversarial.
+Convention: the attacker *minimizes* these losses; a value < 0 means adversarial (targeted DLR:
+the target beats the true class).
 """
 from __future__ import annotations
 
@@ -50,8 +51,30 @@ def cross_entropy(logits: Tensor, y: Tensor, targets: Tensor | None = None) -> T
     return F.cross_entropy(logits, targets, reduction="none")
 
 
+def dlr_loss(logits: Tensor, y: Tensor, targets: Tensor | None = None) -> Tensor:
+    """Difference of Logits Ratio (Croce & Hein 2020, eq. 5 and its targeted form), to minimize.
+
+    With z sorted decreasingly (z_pi1 >= z_pi2 >= ...):
+      untargeted: (z_y - max_{i != y} z_i) / (z_pi1 - z_pi3), < 0 iff misclassified;
+      targeted:   (z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2), < 0 iff the target beats y
+                  (as in the paper: not yet "predicted as t", which the attack checks itself).
+    Invariant to shifting and scaling the logits. Needs 3 classes (4 targeted).
+    """
+    logits = logits.float()
+    need = 3 if targets is None else 4
+    if logits.shape[1] < need:
+        raise ValueError(f"loss 'dlr' needs at least {need} classes, the model has {logits.shape[1]}")
+    top = logits.topk(need, dim=1).values
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    if targets is None:
+        return (z_y - _other_max(logits, y)) / (top[:, 0] - top[:, 2] + 1e-12)
+    z_t = logits.gather(1, targets[:, None]).squeeze(1)
+    return (z_y - z_t) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
+
+
 LOSSES: dict[str, Callable[..., Tensor]] = {
     "ce": cross_entropy,
+    "dlr": dlr_loss,
     "ce_difference": ce_difference,
     "margin": margin_loss,
 }

@@ -29,6 +29,7 @@ _LINF = {"mnist": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5],
 _L2 = {"mnist": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0],
        "cifar10": [0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0],
        "imagenet": [0.25, 0.5, 1.0, 2.0, 3.0, 5.0]}
+_B = {"linf": _LINF, "l2": _L2}
 _STOP = {"steps": 20, "early_stop": True}
 _CW = {"mnist": {"lr": 0.5, "initial_const": 1.0}, "cifar10": {"lr": 0.1, "initial_const": 0.1},
        "imagenet": {"lr": 0.01, "initial_const": 20.0}}
@@ -57,6 +58,12 @@ THESIS_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "deepfool": {g: {"options": {}} for g in _L2},
     "ddn": {g: {"options": {"steps": 20}, "quantize_mode": "attack"} for g in _L2},
     "bp": {g: {"options": {"steps": 20}, "quantize_mode": "attack"} for g in _L2},
+    # not in the thesis (Croce & Hein 2020, Andriushchenko et al. 2020): 20 iterations as the rows above,
+    # APGD-T on the 3 likeliest other classes, Square with 1000 queries (AutoAttack: 100, 9, 5000)
+    **{f"apgd_{n}": {g: {"options": {"steps": 20}, "budgets": b} for g, b in _B[n].items()} for n in _B},
+    **{f"apgd_t_{n}": {g: {"options": {"steps": 20, "n_target_classes": 3}, "budgets": b} for g, b in _B[n].items()}
+       for n in _B},
+    **{f"square_{n}": {g: {"options": {"queries": 1000}, "budgets": b} for g, b in _B[n].items()} for n in _B},
 }
 
 
@@ -144,13 +151,14 @@ def full_suite(dataset: str = "mnist_embedded") -> list[AttackSpec]:
 
 
 def quick_suite(dataset: str = "mnist_embedded", budgets: int = 3, max_steps: int = 10,
-                max_search_steps: int = 3) -> list[AttackSpec]:
+                max_search_steps: int = 3, max_queries: int | None = None) -> list[AttackSpec]:
     """``full`` made cheap (for demos): each eps sweep thinned to ``budgets`` values (first, middle,
-    last), iterations capped at ``max_steps`` and C&W-style line searches at ``max_search_steps``."""
+    last), iterations capped at ``max_steps``, C&W-style line searches at ``max_search_steps`` and
+    score-based queries (Square) at ``max_queries`` (default 20 per step of ``max_steps``)."""
     if budgets < 1:
         raise ValueError(f"budgets must be >= 1, got {budgets}")
     specs = full_suite(dataset)
-    caps = {"steps": max_steps, "search_steps": max_search_steps}
+    caps = {"steps": max_steps, "search_steps": max_search_steps, "queries": max_queries or 20 * max_steps}
     for s in specs:
         if s.budgets is not None and len(s.budgets) > budgets:
             last = len(s.budgets) - 1

@@ -1,0 +1,294 @@
+"""Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
+diverse parameter-free attacks", Alg. 1): APGD with the CE or DLR loss, and APGD-T (targeted DLR,
+the top-k classes tried one after another), in Linf and L2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import torch
+from torch import Tensor
+
+from .base import Attack, AttackContext, check_count, check_fraction, check_positive, check_seed
+from .losses import is_adversarial
+from .norms import l2_norm, linf_norm, normalize_l2, project_l2, project_linf, quantize as quantize_8bit
+from .norms import view_as_batch
+from .registry import register_attack
+
+
+def checkpoints(steps: int) -> list[int]:
+    """The iterations w_j = ceil(p_j N) at which the step size may halve (Sec. 3.2):
+    p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06); those in (0, N)."""
+    p = [0.0, 0.22]
+    while p[-1] < 1.0:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    # round(., 9): 0.22 * 100 is 22.000000000000004 in floating point, whose ceil would be 23
+    return sorted({math.ceil(round(q * steps, 9)) for q in p[1:] if 0 < math.ceil(round(q * steps, 9)) < steps})
+
+
+@dataclasses.dataclass
+class _State:
+    """Per-sample state of one APGD run, restricted to the samples still attacked."""
+
+    idx: Tensor       # positions in the batch
+    x: Tensor         # clean images
+    y: Tensor         # labels
+    loss_t: Tensor | None   # the loss' targets (APGD-T's target class, or the user's targets)
+    succ_t: Tensor | None   # success criterion's targets (None: misclassification)
+    cur: Tensor       # x^(k)
+    prev: Tensor      # x^(k-1)
+    grad: Tensor      # gradient at x^(k)
+    f: Tensor         # f(x^(k))
+    eta: Tensor       # step size
+    best: Tensor      # x_max: the iterate of least loss
+    best_f: Tensor
+    best_grad: Tensor
+    ups: Tensor       # improving steps since the last checkpoint (condition 1)
+    reduced: Tensor   # the step size halved at the last checkpoint (condition 2)
+    best_f_check: Tensor  # best loss at the last checkpoint (condition 2)
+
+    def keep(self, mask: Tensor) -> "_State":
+        return _State(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[mask]
+                         for f in dataclasses.fields(self)})
+
+
+class _APGD(Attack):
+    """APGD (Alg. 1), minimising the attacker loss (``ce``: -CE of the true class, ``dlr``: eq. 5).
+
+    From x^(0) (a random point of the eps-sphere, clipped to the box), x^(1) = P(x^(0) - eta g(x^(0)))
+    and for k >= 1
+        z^(k+1) = P(x^(k) - eta^(k) s(grad f(x^(k)))),
+        x^(k+1) = P(x^(k) + alpha (z^(k+1) - x^(k)) + (1 - alpha)(x^(k) - x^(k-1))),
+    s = sign (Linf) or g / ||g||_2 (L2), P the projection onto the eps-ball and the box, alpha = 0.75
+    (``momentum``), eta^(0) = 2 eps. At the checkpoints w_j (:func:`checkpoints`) eta halves and the
+    iterate restarts from x_max (the iterate of least loss so far) when (1) at most rho (w_j -
+    w_{j-1}) steps since w_{j-1} improved the loss (the paper writes "fewer than"; AutoAttack's code
+    and adv_lib test "at most"), or (2) eta did not halve at w_{j-1} and the
+    best loss did not improve since. Each sample has its own eta, checkpoint outcome and x_max.
+
+    The random start draws from a generator seeded with ``seed`` (on CPU: the same numbers as
+    AutoAttack's ``torch.manual_seed(seed)`` then ``torch.rand``, so both start alike).
+
+    A sample leaves the batch as soon as an iterate is adversarial (misclassified, or the target when
+    targets are given): that iterate is returned. With ``quantize``, an iterate counts only when its
+    8-bit rounding is adversarial (one extra forward pass on those samples; the rounding is
+    returned), so the returned images are on the grid and adversarial wherever an iterate's rounding
+    was. Samples never adversarial get their x_max (rounded when ``quantize``). ``restarts`` runs
+    again from new random points on the samples not yet adversarial, as AutoAttack does.
+
+    ``eps`` defaults to 0.3 (Linf) or 2.0 (L2), MNIST's scale as for ``pgd_linf`` / ``pgd_l2``.
+
+    Cost: ``steps`` forward+backward passes per run and one forward on the last iterate, on the
+    samples still attacked; ``grads`` counts every one (restarts and targets included).
+    """
+
+    family = "distortion"
+
+    default_eps: float
+
+    def __init__(self, eps: float | None = None, steps: int = 100, restarts: int = 1, rho: float = 0.75,
+                 momentum: float = 0.75, seed: int = 0, **kw) -> None:
+        super().__init__(**kw)
+        eps = self.default_eps if eps is None else eps
+        check_positive("eps", eps)
+        check_count("steps", steps)
+        check_count("restarts", restarts)
+        check_fraction("rho", rho)
+        check_fraction("momentum", momentum)
+        check_seed(seed)
+        self.eps = float(eps)
+        self.steps = int(steps)
+        self.restarts = int(restarts)
+        self.rho = float(rho)
+        self.momentum = float(momentum)
+        self.seed = seed
+
+    # ---- per norm
+    def _direction(self, g: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _project(self, v: Tensor, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _random_start(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        raise NotImplementedError
+
+    # ---- the attack
+    def _runs(self, ctx: AttackContext) -> list[Tensor | None]:
+        """The loss targets of the successive runs (None: untargeted loss), each run ``restarts`` times."""
+        return [ctx.targets]
+
+    def _run(self, ctx: AttackContext) -> Tensor:
+        x = ctx.x
+        gen = torch.Generator(device=x.device).manual_seed(self.seed)
+        out = x.clone()
+        out_f = torch.full((x.shape[0],), float("inf"), device=x.device)
+        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        for loss_t in self._runs(ctx):
+            for _ in range(self.restarts):
+                idx = (~done).nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    return self._finish(out)
+                self._attack(ctx, idx, loss_t, gen, out, out_f, done)
+        return self._finish(out)  # samples not done hold their x_max
+
+    def _attack(self, ctx: AttackContext, idx: Tensor, loss_t: Tensor | None, gen: torch.Generator,
+                out: Tensor, out_f: Tensor, done: Tensor) -> None:
+        """One APGD run on the samples ``idx``; writes successes (and better x_max) into ``out``."""
+        x, y = ctx.x[idx], ctx.y[idx]
+        t = None if loss_t is None else loss_t[idx]
+        succ_t = None if ctx.targets is None else ctx.targets[idx]
+        start = self._random_start(x, gen)
+        logits, f, g = self._evaluate(ctx, start, y, t, grad=True)
+        eta = torch.full_like(f, 2.0 * self.eps)
+        zeros = torch.zeros_like(f, dtype=torch.long)
+        s = _State(idx, x, y, t, succ_t, start, start, g, f, eta, start, f, g, zeros,
+                   torch.zeros_like(f, dtype=torch.bool), f)
+        s = self._retire(ctx, s, logits, out, done)
+        checks = checkpoints(self.steps)
+        last_check = 0
+        for k in range(self.steps):
+            if s.idx.numel() == 0:
+                return
+            z = self._project(s.cur - view_as_batch(s.eta, s.x) * self._direction(s.grad), s.x)
+            nxt = z if k == 0 else self._project(
+                s.cur + self.momentum * (z - s.cur) + (1.0 - self.momentum) * (s.cur - s.prev), s.x)
+            logits, f, g = self._evaluate(ctx, nxt, s.y, s.loss_t, grad=k + 1 < self.steps)
+            s.prev, s.cur, s.grad = s.cur, nxt, g
+            s.ups += (f < s.f).long()
+            s.f = f
+            better = f < s.best_f
+            s.best = torch.where(view_as_batch(better, nxt), nxt, s.best)
+            s.best_grad = torch.where(view_as_batch(better, nxt), g, s.best_grad)
+            s.best_f = torch.where(better, f, s.best_f)
+            s = self._retire(ctx, s, logits, out, done)  # before a checkpoint moves x^(k+1) to x_max
+            if k + 1 in checks:
+                s = self._checkpoint(s, k + 1 - last_check)
+                last_check = k + 1
+        # samples never adversarial: keep their x_max if its loss beats that of earlier runs
+        better = s.best_f < out_f[s.idx]
+        out[s.idx[better]] = s.best[better]
+        out_f[s.idx[better]] = s.best_f[better]
+
+    def _checkpoint(self, s: _State, window: int) -> _State:
+        """Halve eta and restart from x_max where condition (1) or (2) holds (Alg. 1)."""
+        halve = (s.ups <= self.rho * window) | (~s.reduced & (s.best_f >= s.best_f_check))
+        s.eta = torch.where(halve, s.eta / 2, s.eta)
+        s.cur = torch.where(view_as_batch(halve, s.cur), s.best, s.cur)
+        s.grad = torch.where(view_as_batch(halve, s.cur), s.best_grad, s.grad)
+        s.f = torch.where(halve, s.best_f, s.f)
+        s.reduced, s.best_f_check, s.ups = halve, s.best_f.clone(), torch.zeros_like(s.ups)
+        return s
+
+    def _evaluate(self, ctx: AttackContext, v: Tensor, y: Tensor, t: Tensor | None,
+                  grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Logits, loss and gradient at ``v`` (one forward+backward); forward only when not ``grad``."""
+        loss = lambda logits, *_: self.loss_fn(logits, y, t)  # noqa: E731
+        if grad:
+            return ctx.loss_and_grad(v, loss)
+        logits = ctx.logits(v)
+        return logits, loss(logits), torch.zeros_like(v)
+
+    def _retire(self, ctx: AttackContext, s: _State, logits: Tensor, out: Tensor, done: Tensor) -> _State:
+        """Record and drop the samples whose current iterate is adversarial (its rounding, if ``quantize``)."""
+        adv = is_adversarial(logits, s.y, s.succ_t)
+        found = s.cur
+        if self.quantize and bool(adv.any()):
+            found = quantize_8bit(s.cur)
+            cand = adv.nonzero().squeeze(1)
+            ok = is_adversarial(ctx.logits(found[cand]), s.y[cand], None if s.succ_t is None else s.succ_t[cand])
+            adv = torch.zeros_like(adv).index_fill_(0, cand[ok], True)
+        if not bool(adv.any()):
+            return s
+        out[s.idx[adv]] = found[adv]
+        done[s.idx[adv]] = True
+        return s.keep(~adv)
+
+
+class _Linf:
+    """Linf geometry: sign steps, projection onto B_inf[x; eps] and the box (norms.project_linf)."""
+
+    norm = "linf"
+    default_eps = 0.3  # MNIST's scale, as pgd_linf
+    eps: float
+
+    def _direction(self, g: Tensor) -> Tensor:
+        return g.sign()
+
+    def _project(self, v: Tensor, x: Tensor) -> Tensor:
+        return project_linf(v, x, self.eps)
+
+    def _random_start(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        """x + eps t / ||t||_inf, t uniform in [-1, 1]^d (AutoAttack's start), clipped to the box."""
+        t = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
+        return project_linf(x + self.eps * t / view_as_batch(linf_norm(t).clamp_min(1e-12), x), x, self.eps)
+
+
+class _L2:
+    """L2 geometry: normalised-gradient steps, projection onto B_2[x; eps] and the box."""
+
+    norm = "l2"
+    default_eps = 2.0  # MNIST's scale, as pgd_l2
+    eps: float
+
+    def _direction(self, g: Tensor) -> Tensor:
+        return normalize_l2(g)
+
+    def _project(self, v: Tensor, x: Tensor) -> Tensor:
+        return project_l2(v, x, self.eps)
+
+    def _random_start(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        """x + eps n / ||n||_2, n standard normal (a point of the eps-sphere), clipped to the box."""
+        n = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        return project_l2(x + self.eps * n / view_as_batch(l2_norm(n).clamp_min(1e-12), x), x, self.eps)
+
+
+class _Targeted(_APGD):
+    """APGD-T: the targeted DLR loss toward each of the ``n_target_classes`` classes of highest clean
+    logit (after the true class), one after another, each ``restarts`` times, on the samples not yet
+    misclassified (AutoAttack: 9 targets, 1 restart, 100 steps). With explicit ``targets`` it attacks
+    those (success: predicted as the target)."""
+
+    default_loss = "dlr"
+
+    def __init__(self, eps: float | None = None, steps: int = 100, n_target_classes: int = 9, **kw) -> None:
+        super().__init__(eps=eps, steps=steps, **kw)
+        check_count("n_target_classes", n_target_classes)
+        self.n_target_classes = int(n_target_classes)
+
+    def _runs(self, ctx: AttackContext) -> list[Tensor | None]:
+        if ctx.targets is not None:
+            return [ctx.targets]
+        logits = ctx.logits(ctx.x)
+        ranked = logits.scatter(1, ctx.y[:, None], float("-inf")).argsort(dim=1, descending=True)
+        k = min(self.n_target_classes, logits.shape[1] - 1)  # at most every other class
+        return [ranked[:, i] for i in range(k)]
+
+
+@register_attack("apgd_linf")
+class APGDLinf(_Linf, _APGD):
+    """APGD in Linf (``loss`` "ce" or "dlr"; default "ce" as AutoAttack's APGD-CE)."""
+
+    name = "apgd_linf"
+
+
+@register_attack("apgd_l2")
+class APGDL2(_L2, _APGD):
+    """APGD in L2 (``loss`` "ce" or "dlr"; default "ce")."""
+
+    name = "apgd_l2"
+
+
+@register_attack("apgd_t_linf")
+class APGDTLinf(_Linf, _Targeted):
+    """APGD-T in Linf (targeted DLR over the top ``n_target_classes`` classes)."""
+
+    name = "apgd_t_linf"
+
+
+@register_attack("apgd_t_l2")
+class APGDTL2(_L2, _Targeted):
+    """APGD-T in L2 (targeted DLR over the top ``n_target_classes`` classes)."""
+
+    name = "apgd_t_l2"
+
