@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from .base import Attack, AttackContext, BestTracker, check_count, check_positive
-from .norms import clip_box, l2_norm, normalize_l2, quantize as quantize_8bit, view_as_batch
+from .norms import box_free, clip_box, l2_norm, normalize_l2, quantize as quantize_8bit, view_as_batch
 from .registry import register_attack
 
 
@@ -77,6 +77,10 @@ def in_target(x: Tensor, y: Tensor, g_hat: Tensor, gamma: float) -> Tensor:
     return y - view_as_batch(rho + (eps ** 2 - r_norm ** 2 + rho ** 2).clamp_min(0).sqrt(), x) * g_hat
 
 
+#: variant -> (stage 1 on the box's free coordinates, stage-1 momentum, stage 2 IN on free coordinates)
+VARIANTS = {"thesis": (False, 0.0, False), "projected": (True, 0.0, False)}
+
+
 @register_attack("bp")
 class BP(Attack):
     """Boundary Projection: reach the boundary fast, then walk along it (thesis 5.2).
@@ -113,8 +117,12 @@ class BP(Attack):
     default_loss = "ce"
 
     def __init__(self, steps: int = 20, alpha: float = 2.0, gamma_min: float = 0.7,
-                 beta_min: float = 0.1, line_search_steps: int = 8, **kw) -> None:
+                 beta_min: float = 0.1, line_search_steps: int = 8, variant: str = "projected", **kw) -> None:
         super().__init__(**kw)
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        self.variant = variant
+        self._free, self._mu, self._free2 = VARIANTS[variant]
         check_count("steps", steps)
         check_positive("alpha", alpha)
         check_positive("beta_min", beta_min, allow_zero=True)
@@ -131,24 +139,32 @@ class BP(Attack):
         x = ctx.x
         best = BestTracker(x)
         y = x.clone()
+        m = torch.zeros_like(x)
         for i in range(self.steps):
             logits, _, g = ctx.loss_and_grad(y)
             adv = ctx.is_adv(logits)
             best.update(y, adv)  # stage 2 from the first adversarial iterate on (best.found)
             gamma = gamma_schedule(i, self.steps, self.gamma_min)
             g_hat = normalize_l2(g)
+            if self._free or self._mu:
+                u = normalize_l2(-box_free(-g, y)) if self._free else g_hat
+                m = normalize_l2(self._mu * m + u) if self._mu else u
+                s1 = torch.where(view_as_batch(best.found, x), g_hat, m)
+            else:
+                s1 = g_hat
+            g_in = normalize_l2(-box_free(-g, y)) if self._free2 else g_hat
             # each sample computes only its own case: stage 1, OUT or IN (the Q_OUT search is the
             # costly one); a case covering the whole batch runs without gather/scatter
             cases = (~best.found, best.found & adv, best.found & ~adv)
             steps = (self._stage1_step, self._out_step, self._in_step)
             y_next = torch.empty_like(y)
-            for mask, step in zip(cases, steps):
+            for mask, step, d in zip(cases, steps, (s1, g_hat, g_in)):
                 if bool(mask.all()):
-                    y_next = step(x, y, g_hat, gamma)
+                    y_next = step(x, y, d, gamma)
                     break
                 idx = mask.nonzero().squeeze(1)
                 if idx.numel():
-                    y_next[idx] = step(x[idx], y[idx], g_hat[idx], gamma)
+                    y_next[idx] = step(x[idx], y[idx], d[idx], gamma)
             y = y_next
         best.update(y, ctx.is_adv(ctx.logits(y)))
         return best.result()[0]
