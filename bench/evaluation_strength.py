@@ -21,6 +21,7 @@ import argparse
 import sys
 import time
 import types
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -95,8 +96,9 @@ def reliable_available(dataset: str) -> list[dict]:
     return [e for e in entries if e["attack"] in ATTACKS]
 
 
-def madry_model(name: str, epochs: int) -> tuple[nn.Module, str]:
-    recipe = madry_recipe(name, epochs)
+def madry_model(name: str, epochs: int, pgd: dict | None = None, clean_epochs: int = 0) -> tuple[nn.Module, str]:
+    """The Madry-trained model (cached; trained now when missing) and its cache path."""
+    recipe = replace(madry_recipe(name, epochs, **(pgd or {})), clean_epochs=clean_epochs)
     path = CACHE / f"{recipe.key()}.pt"
     if not path.is_file():
         print(f"training {recipe.key()} (cached in {CACHE}) ...", flush=True)
@@ -114,6 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=100, help="first N test images (the correct ones are attacked)")
     p.add_argument("--model", default="lenet", help="lenet (Madry's net) or c4")
     p.add_argument("--epochs", type=int, default=12, help="epochs of Madry's recipe")
+    p.add_argument("--pgd-steps", type=int, default=None, help="cheaper recipe: inner PGD steps (default 40)")
+    p.add_argument("--pgd-alpha", type=float, default=None, help="cheaper recipe: inner PGD step (default 0.01)")
+    p.add_argument("--clean-epochs", type=int, default=0, help="clean epochs before adversarial training")
     p.add_argument("--suite", default="reliable", help="reliable (default) or any suite name/file")
     p.add_argument("--peer-steps", type=int, default=1000)
     p.add_argument("--no-peers", action="store_true")
@@ -123,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    model, where = madry_model(args.model, args.epochs)
+    pgd = {k: v for k, v in (("steps", args.pgd_steps), ("alpha", args.pgd_alpha)) if v is not None}
+    model, where = madry_model(args.model, args.epochs, pgd, args.clean_epochs)
     dm = build_datamodule("mnist_embedded", batch_size=args.batch, seed=0)
     dm.setup()
     xs, ys = zip(*[dm.test_set[i] for i in range(args.n)])

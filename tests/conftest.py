@@ -61,6 +61,13 @@ def madry_c4() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="session")
+def madry_lenet() -> torch.nn.Module:
+    """Madry's LeNet-style net by the full recipe (``madry_recipe("lenet")``, as
+    configs/mnist_embedded_madry_linf.yaml): for slow tests; trained once, cached in .cache/tests."""
+    return cached_model(madry_recipe("lenet"), CACHE, log=True)
+
+
+@pytest.fixture(scope="session")
 def mnist_test_batch(mnist_dm):
     """The first 256 test images and labels."""
     xs, ys = zip(*[mnist_dm.test_set[i] for i in range(256)])
