@@ -1,9 +1,13 @@
 """The cheap Madry fixture (``madry_c4``, tests/conftest.py) shows issue 11's problem: the thesis'
 20-iteration attacks overstate the robustness of an adversarially trained model."""
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from advtrain.attacks import build_attack
+from advtrain.training.plain_loop import MADRY_PGD, madry_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,3 +59,15 @@ def test_bp20_variants_reach_the_boundary_on_the_cheap_madry_model(madry_c4, mad
     x, y, _ = madry_batch
     res = build_attack("bp", steps=20, quantize=True, variant=variant)(madry_c4, x[:32], y[:32])
     assert bool(res.success.all())
+
+
+def test_madry_config_is_the_plain_loop_recipe():
+    """train.py's recipe and the tests'/bench's plain loop train the same thing (Madry et al. 2017:
+    eps 0.3, step 0.01, 40 steps, random start, adversarial-only loss)."""
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "mnist_embedded_madry_linf.yaml").read_text())
+    recipe = madry_recipe(cfg["model"]["model"], cfg["trainer"]["max_epochs"])
+    assert MADRY_PGD == {"eps": 0.3, "steps": 40, "alpha": 0.01, "random_start": True}
+    assert (cfg["model"]["attack"], cfg["model"]["attack_options"], cfg["model"]["adv_weight"]) == \
+        (recipe.attack, recipe.attack_options, recipe.adv_weight)
+    assert (cfg["model"]["lr"], cfg["data"]["batch_size"], cfg["seed_everything"]) == \
+        (recipe.lr, recipe.batch_size, recipe.seed)
