@@ -89,7 +89,7 @@ def test_reliable_suite_names_its_missing_attacks_or_loads():
         return
     specs = {s.label: s for s in load_suite("reliable", "mnist_embedded")}
     assert {"apgd_ce", "apgd_t", "fab_t", "square", "fmn", "bp", "ddn"} <= set(specs)
-    for label in ("apgd_ce", "apgd_t", "square"):
+    for label in ("apgd_ce", "apgd_t", "square"):  # every budget ends at D_upp
         assert specs[label].budgets[-1] == D_UPP
     assert all(specs[k].family == "success" for k in ("fab_t", "fmn", "bp", "ddn"))
     assert specs["bp"].options["steps"] >= 100 and specs["ddn"].options["steps"] >= 300
