@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Evaluate a train.py checkpoint against an attack suite (thesis 3.3.2 / 5.3 protocol).
 
-    python evaluate.py --ckpt runs/demo/last.ckpt                       # full suite, 1000 images (or all)
+    python evaluate.py --ckpt runs/demo/last.ckpt                       # reliable suite, 1000 images (or all)
+    python evaluate.py --ckpt CKPT --suite thesis                       # the thesis settings (alias: full)
     python evaluate.py --ckpt CKPT --suite quick --n 500 --out runs/demo/eval
     python evaluate.py --ckpt CKPT --defense bit_depth:bits=3 --defense median:size=2   # BPDA by default
     python evaluate.py --ckpt CKPT --defense median:size=3 --view blackbox   # attacks ignore the defense
@@ -56,7 +57,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="input defense in front of the classifier (repeat to compose, in order)")
     p.add_argument("--view", choices=ATTACK_VIEWS, default="bpda",
                    help="with defenses: bpda (default), direct (no BPDA) or blackbox (attacks see the bare model)")
-    p.add_argument("--suite", default="full", help="full (default), quick, a name in configs/suites or a YAML file")
+    p.add_argument("--suite", default="reliable",
+                   help="reliable (default: AutoAttack-like ensemble, minimum-norm attacks run to convergence), "
+                        "thesis (the thesis' 20-iteration settings; alias full), quick, a name in "
+                        "configs/suites or a YAML file")
     p.add_argument("--data", default=None, help="dataset name (default: the checkpoint's)")
     p.add_argument("--data-root", default=None, help="dataset root folder")
     p.add_argument("--n", "--images", dest="n", type=int, default=None,

@@ -213,7 +213,7 @@ def test_negative_budget_is_refused(name, eps):
 
 @pytest.mark.parametrize("name, options", [
     ("ddn", {"steps": 0}), ("ddn", {"gamma": 1.5}), ("ddn", {"init_norm": -1.0}),
-    ("bp", {"steps": 0}), ("bp", {"gamma_min": 1.0}), ("bp", {"alpha": -2.0}),
+    ("bp", {"steps": 0}), ("bp", {"gamma_min": 1.0}), ("bp", {"alpha": -2.0}), ("bp", {"variant": "paper"}),
     ("deepfool", {"candidates": 0}), ("deepfool", {"overshoot": -0.1}),
 ])
 def test_bad_hyper_parameters_are_refused(name, options):

@@ -4,7 +4,7 @@ import torch
 from advtrain.models import Normalize, build_model, load_state_dict_safely
 
 
-@pytest.mark.parametrize("name,shape", [("c4", (2, 1, 28, 28)), ("cifar_cnn", (2, 3, 32, 32)),
+@pytest.mark.parametrize("name,shape", [("c4", (2, 1, 28, 28)), ("lenet", (2, 1, 28, 28)), ("cifar_cnn", (2, 3, 32, 32)),
                                         ("torchvision:resnet18", (2, 3, 64, 64)),
                                         ("timm:resnet18", (2, 3, 64, 64))])
 def test_forward_shapes(name, shape):
@@ -14,8 +14,8 @@ def test_forward_shapes(name, shape):
 
 
 def test_unknown_model_lists_known_names():
-    with pytest.raises(ValueError, match="known: c4, cifar_cnn, timm:<name>, torchvision:<name>"):
-        build_model("lenet")
+    with pytest.raises(ValueError, match="known: c4, cifar_cnn, lenet, timm:<name>, torchvision:<name>"):
+        build_model("notanet")
     with pytest.raises(ValueError, match="unknown torchvision model"):
         build_model("torchvision:notanet")
     with pytest.raises(ValueError, match="unknown timm model"):

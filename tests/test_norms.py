@@ -1,6 +1,6 @@
 import torch
 
-from advtrain.attacks.norms import l2_norm, normalize_l2, project_l2, project_linf, quantize
+from advtrain.attacks.norms import box_free, clip_box, l2_norm, normalize_l2, project_l2, project_linf, quantize
 
 
 def test_normalize_gives_unit_directions_even_for_vanishing_gradients():
@@ -35,3 +35,13 @@ def test_iteration_counts_are_checked_once_for_every_attack():
             build_attack(name, **{option: 0})
         with pytest.raises(ValueError, match=f"{option} must be an integer >= 1, got 2.5"):
             build_attack(name, **{option: 2.5})
+
+
+def test_box_free_keeps_exactly_the_components_clipping_would_not_cancel():
+    y = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.5, 0.5]])
+    d = torch.tensor([[-1.0, 1.0, 1.0, -1.0, -1.0, 1.0]])
+    free = box_free(d, y)
+    assert free.tolist() == [[0.0, 1.0, 0.0, -1.0, -1.0, 1.0]]
+    # a small step along the free direction is not shortened by clipping; along d it is
+    assert torch.equal(clip_box(y + 0.1 * free), y + 0.1 * free)
+    assert l2_norm(clip_box(y + 0.1 * d) - y) < l2_norm(0.1 * d)

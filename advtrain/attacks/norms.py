@@ -38,6 +38,12 @@ def normalize_l2(t: Tensor) -> Tensor:
     return t / view_as_batch(l2_norm(t).clamp_min(tiny), t)
 
 
+def box_free(d: Tensor, y: Tensor) -> Tensor:
+    """The direction ``d`` restricted to the coordinates it can move at ``y`` in the box [0, 1]:
+    components pushing a pixel at 0 down or a pixel at 1 up are zeroed (clipping would cancel them)."""
+    return torch.where(((y <= 0.0) & (d < 0)) | ((y >= 1.0) & (d > 0)), torch.zeros_like(d), d)
+
+
 def clip_box(x: Tensor) -> Tensor:
     """Element-wise clipping to the pixel box [0, 1]."""
     return x.clamp(0.0, 1.0)

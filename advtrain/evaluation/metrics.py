@@ -85,6 +85,12 @@ def least_distortion(success_runs: Tensor, distortion_runs: Tensor) -> tuple[Ten
     return torch.isfinite(best), best
 
 
+def per_sample_distortion(stats: dict) -> tuple[Tensor, Tensor]:
+    """``(success, distortion)`` from a results entry's ``per_sample["l2"]`` (None = failed, inf)."""
+    l2 = torch.tensor([float("inf") if d is None else d for d in stats["per_sample"]["l2"]], dtype=torch.float64)
+    return torch.isfinite(l2), l2
+
+
 def summarize(success: Tensor, distortion: Tensor, d_upp: float, points: int = 200) -> dict:
     """``attack_stats`` plus the operating characteristic P(D) on a ``points`` grid up to D_max."""
     stats = attack_stats(success, distortion, d_upp)

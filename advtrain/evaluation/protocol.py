@@ -27,8 +27,8 @@ from ..models.fingerprint import weights_sha256
 from .distributed import batch_seed, broadcast, dist_info, gather, my_batches
 from .guards import (QUANTIZE_CHOICES, as_labels, check_images, check_model, check_model_on, check_output_dir,
                      check_run_options)
-from .metrics import least_distortion, summarize
-from .sanity import sanity_warnings
+from .metrics import least_distortion, per_sample_distortion, summarize
+from .sanity import failed_checks, sanity_warnings
 from .suite import AttackSpec, load_suite
 
 EXAMPLES = 8  # worst-case images kept for examples.png
@@ -152,11 +152,6 @@ def _write_json(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
-def _per_sample(entry: dict) -> tuple[Tensor, Tensor]:
-    l2 = torch.tensor([float("inf") if d is None else d for d in entry["per_sample"]["l2"]], dtype=torch.float64)
-    return torch.isfinite(l2), l2
-
-
 def _summarize_attack(spec: AttackSpec, parts: list[dict], n: int, variants: tuple[str, ...], d_upp: float,
                       points: int) -> dict:
     """Assemble the per-batch outputs of all ranks (sorted by batch) into the attack's entry."""
@@ -191,7 +186,7 @@ def _worst_case(attacks: dict, variants: tuple[str, ...], n: int, d_upp: float, 
     for v in variants:
         if not done:
             continue
-        runs = [_per_sample(e[v]) for e in done.values()]
+        runs = [per_sample_distortion(e[v]) for e in done.values()]
         success, dist = least_distortion(torch.stack([s for s, _ in runs]), torch.stack([d for _, d in runs]))
         best_attack = torch.stack([d for _, d in runs]).argmin(dim=0)
         labels = list(done)
@@ -347,7 +342,7 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
                 results["attacks"][spec.label] = entry
             examples.merge([g["examples"] for g in gathered])
             results["worst_case"] = _worst_case(results["attacks"], variants, len(X), d_upp, points)
-            results["warnings"] = sanity_warnings(results)
+            results["warnings"], results["failed_checks"] = sanity_warnings(results), failed_checks(results)
             if rank == 0 and out_path is not None:
                 out_path.parent.mkdir(parents=True, exist_ok=True)
                 _write_json(out_path, results)
@@ -358,5 +353,5 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
         for m, mode in modes.items():
             m.training = mode
     results["worst_case"] = _worst_case(results["attacks"], variants, len(X), d_upp, points)
-    results["warnings"] = sanity_warnings(results)
+    results["warnings"], results["failed_checks"] = sanity_warnings(results), failed_checks(results)
     return _canon(results)

@@ -38,11 +38,29 @@ def variants_of(results: dict) -> list[str]:
             or any(v in e for e in results["attacks"].values())]
 
 
+def trust_banner(results: dict) -> list[str]:
+    """The report's opening lines when a sanity check failed: a "not trustworthy" banner naming the
+    failed checks (``results["failed_checks"]``, or recomputed from the attacks); none otherwise."""
+    from .sanity import failed_checks
+
+    checks = results.get("failed_checks")
+    if checks is None:
+        checks = failed_checks(results)
+    if not checks:
+        return []
+    return ["> [!CAUTION]",
+            f"> **NOT TRUSTWORTHY: {'; '.join(checks)}.** The sanity checks against gradient masking "
+            "failed, so the numbers below may overstate the model's robustness (attacks too weak or "
+            "misled by the gradients). Details under \"Sanity checks\" at the end; evaluate with "
+            "stronger attacks (`--suite reliable`) before trusting them.", ""]
+
+
 def write_report(results: dict, path: str | Path) -> None:
-    """report.md: context, one table per quantization variant (thesis Table 5.2 columns), warnings."""
+    """report.md: a "not trustworthy" banner when a sanity check failed, the context, one table per
+    quantization variant (thesis Table 5.2 columns), the sanity checks' details."""
     c = results["context"]
     d_upp = c["d_upp"]
-    lines = ["# Robustness evaluation", ""]
+    lines = ["# Robustness evaluation", ""] + trust_banner(results)
     for key in ("checkpoint", "model", "dataset"):
         if key in c:
             lines.append(f"- {key}: `{c[key]}`")

@@ -1,4 +1,4 @@
-"""Model factory by name: ``c4``, ``cifar_cnn``, ``timm:<name>``, ``torchvision:<name>``.
+"""Model factory by name: ``c4``, ``lenet``, ``cifar_cnn``, ``timm:<name>``, ``torchvision:<name>``.
 
 Every model is wrapped with :class:`Normalize` so it takes pixels in [0, 1].
 """
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .fingerprint import check_finite_state
-from .nets import C4, CifarCNN
+from .nets import C4, CifarCNN, LeNet
 from .normalize import NormalizedModel
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -20,6 +20,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: built-in nets: name -> (constructor, default in_channels, default mean, default std)
 BUILTIN: dict[str, tuple[Callable[..., nn.Module], int, tuple, tuple]] = {
     "c4": (C4, 1, (0.0,), (1.0,)),
+    "lenet": (LeNet, 1, (0.0,), (1.0,)),
     "cifar_cnn": (CifarCNN, 3, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
 PREFIXES = ("timm:", "torchvision:")
@@ -124,7 +125,7 @@ def build_model(name: str = "c4", num_classes: int = 10, pretrained: bool = Fals
     """Build a classifier taking [0, 1] pixels: ``Normalize(mean, std)`` then the net.
 
     Args:
-        name: ``c4``, ``cifar_cnn``, ``timm:<name>`` or ``torchvision:<name>``.
+        name: ``c4``, ``lenet``, ``cifar_cnn``, ``timm:<name>`` or ``torchvision:<name>``.
         pretrained: load the library's pretrained weights (must be available offline).
         weights: path to a weights file (loaded with ``weights_only=True``).
         mean, std: normalisation; defaults per model.

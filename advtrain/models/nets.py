@@ -23,6 +23,24 @@ class C4(nn.Module):
         return self.classifier(self.features(x).mean(dim=(2, 3)))
 
 
+class LeNet(nn.Module):
+    """Madry et al. 2017's MNIST net ("LeNet-style"): conv 32 5x5 (same), max-pool 2, conv 64 5x5
+    (same), max-pool 2, fc 1024, fc 10, ReLU. 28x28 -> 14x14 -> 7x7."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        side = image_size // 4
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64 * side * side, 1024), nn.ReLU(),
+                                        nn.Linear(1024, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
 def _conv_bn(cin: int, cout: int, padding: int) -> list[nn.Module]:
     conv = nn.Conv2d(cin, cout, 3, padding=padding, bias=False)
     nn.init.kaiming_normal_(conv.weight, a=0.1, nonlinearity="leaky_relu")
