@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # launched by torchrun
         dist.init_process_group("gloo")
         try:
-            evaluate(args, job)
+            results = evaluate(args, job)
         finally:
             dist.destroy_process_group()
     elif args.procs > 1:  # fork shares the prepared job; spawn (other systems) prepares it again
@@ -192,19 +192,19 @@ def main(argv: list[str] | None = None) -> None:
         torch.multiprocessing.start_processes(_worker, args=(args.procs, _free_port(), args,
                                                              job if method == "fork" else None),
                                               nprocs=args.procs, start_method=method)
+        results = json.loads((job["out"] / "results.json").read_text())  # the workers have finished
     else:
-        evaluate(args, job)
-    exit_if_an_attack_crashed(job["out"] / "results.json")
+        results = evaluate(args, job)
+    exit_if_an_attack_crashed(results, job["out"])
 
 
-def exit_if_an_attack_crashed(results: Path) -> None:
+def exit_if_an_attack_crashed(results: dict, out: Path) -> None:
     """A crashed attack is no result: the run exits 1 (the others' results are kept)."""
-    crashed = {k: e.get("error") for k, e in json.loads(results.read_text())["attacks"].items()
-               if e.get("status") == "error"}
+    crashed = {k: e.get("error") for k, e in results["attacks"].items() if e.get("status") == "error"}
     if crashed:
         label, error = next(iter(crashed.items()))
         print(f"evaluate.py: error: {len(crashed)} attack(s) crashed ({label}: {error}); the others' results are "
-              f"in {results}; rerun to retry", file=sys.stderr)
+              f"in {out / 'results.json'}; rerun to retry", file=sys.stderr)
         sys.exit(1)
 
 

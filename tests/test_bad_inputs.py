@@ -438,10 +438,8 @@ def test_an_attack_refuses_a_bad_option(name, kw, msg):
                                       ("nan.ckpt", "non-finite"),
                                       ("plain.pt", "does not fit C4")])
 def test_a_bad_weights_file_is_one_line(files, name, msg):
-    path = files[name]
-    if name == "plain.pt":  # a NormalizedModel's state_dict (normalize.*, net.*) is not the bare net's
-        path = files["plain.pt"]
-    one_line(lambda: build_model("c4", weights=str(path)), msg)
+    # plain.pt is a NormalizedModel's state_dict (normalize.*, net.*), not the bare net's
+    one_line(lambda: build_model("c4", weights=str(files[name])), msg)
 
 
 def test_nan_in_a_smoothing_guide_image_is_one_line():

@@ -260,7 +260,7 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
     attack_model = model.attack_view(view, approx) if defended else model
     approximated = model.approximated if defended and view == "bpda" else []
     rank, world = dist_info()
-    if out_dir is not None and rank == 0:
+    if out_dir is not None:  # every rank: one refusing alone would leave the others waiting
         check_output_dir(out_dir)
     x_all, y_all = _collect(dataloader, n)
     device = next(iter(model.parameters()), torch.zeros(0)).device
