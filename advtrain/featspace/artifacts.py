@@ -15,9 +15,9 @@ def weights_hash(model: nn.Module) -> str:
     """SHA-256 (first 16 hex digits) of the parameters' and buffers' names, dtypes, shapes and values."""
     h = hashlib.sha256()
     for name, t in sorted({**dict(model.named_parameters()), **dict(model.named_buffers())}.items()):
-        t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        flat = t.detach().cpu().contiguous().reshape(-1)  # 1-D: 0-dim buffers cannot be viewed as bytes
+        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
     return h.hexdigest()[:16]
 
 

@@ -79,8 +79,8 @@ def fit_activation_stats(model: nn.Module, batches: Iterable, layers: Sequence[s
                 s1[k] = s1.get(k, 0) + a.sum(0)
                 s2[k] = s2.get(k, 0) + (a * a).sum(0)
             count += x.shape[0]
-    if count < 2:
-        raise ValueError(f"activation statistics need at least 2 images, got {count}")
+    if count < 1:
+        raise ValueError("activation statistics need at least one image, got none")
     mean = {k: s1[k] / count for k in layers}
     std = {k: (s2[k] / count - mean[k] ** 2).clamp_min(0).sqrt() for k in layers}
     return ActivationStats({k: v.float() for k, v in mean.items()}, {k: v.float() for k, v in std.items()},
