@@ -54,18 +54,19 @@ class QuantileBound:
         tiny = torch.finfo(torch.float64).tiny
         self.a0 = a0
         self.lo, self.hi = torch.where(self.lo_open, -torch.inf, lo), torch.where(self.hi_open, torch.inf, hi)
-        self.w_lo = torch.where(self.lo_open, 1.0, start * (a0 - lo).clamp_min(tiny))
-        self.w_hi = torch.where(self.hi_open, 1.0, start * (hi - a0).clamp_min(tiny))
-        self.c_lo = torch.where(self.lo_open, 0.0, a0 - self.w_lo)
-        self.c_hi = torch.where(self.hi_open, 0.0, a0 + self.w_hi)
+        w_lo, w_hi = start * (a0 - lo).clamp_min(tiny), start * (hi - a0).clamp_min(tiny)
+        # an open side gets c = -/+inf and 1/w = 1: its term is -inf, clamped to exactly 0 (no inf / inf)
+        self._params = torch.stack([torch.where(self.lo_open, -torch.inf, a0 - w_lo),
+                                    torch.where(self.hi_open, torch.inf, a0 + w_hi),
+                                    torch.where(self.lo_open, 1.0, 1.0 / w_lo),
+                                    torch.where(self.hi_open, 1.0, 1.0 / w_hi)])  # c_l, c_h, 1/w_l, 1/w_h
 
     def ratio(self, a: Tensor, index: Tensor | None = None) -> Tensor:
-        """r per neuron (float64) for activations ``a`` of the samples ``index`` (default all)."""
-        sel = (lambda t: t) if index is None else (lambda t: t[index])
+        """r per neuron (float64) for activations ``a`` of the samples ``index`` (default all); at
+        most one side is positive, so r = relu(max(lower term, upper term))."""
+        c_lo, c_hi, inv_lo, inv_hi = self._params if index is None else self._params[:, index]
         a = a.double()
-        r_lo = torch.where(sel(self.lo_open), 0.0, ((sel(self.c_lo) - a) / sel(self.w_lo)).clamp_min(0))
-        r_hi = torch.where(sel(self.hi_open), 0.0, ((a - sel(self.c_hi)) / sel(self.w_hi)).clamp_min(0))
-        return r_lo + r_hi
+        return torch.maximum((c_lo - a) * inv_lo, (a - c_hi) * inv_hi).clamp_min(0)
 
 
 def barrier(r: Tensor, power: int = 200) -> Tensor:
