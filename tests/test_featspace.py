@@ -208,3 +208,14 @@ def test_unrestricted_family_in_the_evaluation(trained_c4, mnist_dm, c4_stats, s
     assert "Unrestricted attacks" in report and "feature distance (MNIST encoder)" in report
     assert "| d2b |" in report and "LPIPS" not in report
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from advtrain.featspace.__main__ import main
+    from advtrain.cli import run_with_clean_errors
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("encoder: a\nout: b\nstep: 3\n")
+    with pytest.raises(SystemExit):
+        run_with_clean_errors(lambda: main(["decoder", "--config", str(bad)]), "featspace")
+    err = capsys.readouterr().err.strip()
+    assert "unknown key step" in err and "\n" not in err
