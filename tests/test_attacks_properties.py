@@ -15,6 +15,8 @@ from advtrain.attacks import ATTACKS, build_attack
 from advtrain.attacks.norms import l2_norm, linf_norm
 from advtrain.registry import valid_options
 
+from featspace_files import untrained_style_pair
+
 NAMES = ATTACKS.canonical()
 #: per-attack small-cost options for these tests
 CHEAP: dict[str, dict] = {
@@ -34,6 +36,8 @@ CHEAP: dict[str, dict] = {
     "apgd_t_l2": {"eps": 1.0, "steps": 3, "n_target_classes": 2},
     "square_linf": {"eps": 0.1, "queries": 10},
     "square_l2": {"eps": 1.0, "queries": 10},
+    "d2b": {"steps": 3},  # no stats: the attacked batch's (a warning), fine for the protocol's properties
+    "fsa": {"steps": 3, **untrained_style_pair()},
 }
 #: generic fallback, filtered by the options each attack accepts
 GENERIC = {"steps": 3, "binary_search_steps": 1, "search_steps": 1, "iterations": 3, "max_iter": 3,

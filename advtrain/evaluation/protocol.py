@@ -7,6 +7,7 @@ attacks), with and without 8-bit quantization; then P_suc, D-bar, P(D), P_upp (e
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -28,10 +29,12 @@ from .distributed import batch_seed, broadcast, dist_info, gather, my_batches
 from .guards import (QUANTIZE_CHOICES, as_labels, check_images, check_model, check_model_on, check_output_dir,
                      check_run_options)
 from .metrics import least_distortion, per_sample_distortion, summarize
+from .perceptual import UNRESTRICTED, encoder_of, perceptual, summarize_perceptual
 from .sanity import failed_checks, sanity_warnings
 from .suite import AttackSpec, load_suite
 
 EXAMPLES = 8  # worst-case images kept for examples.png
+UNRESTRICTED_EXAMPLES = "examples_unrestricted.pt"  # the unrestricted attacks' own rows of examples.png
 
 
 def _collect(dataloader: DataLoader | Any, n: int | None) -> tuple[Tensor, Tensor]:
@@ -93,7 +96,7 @@ class _Examples:
 
 
 def _attack_batch(spec: AttackSpec, attack_model: nn.Module, score_model: nn.Module, x: Tensor, y: Tensor,
-                  variants: tuple[str, ...]) -> dict:
+                  variants: tuple[str, ...], encoder: Any = None) -> dict:
     """All runs of one attack on one batch: per variant the least-distortion success over runs."""
     trackers = {v: BestTracker(x) for v in variants}
     by_budget: dict[str, list[int]] = {v: [] for v in variants}
@@ -117,7 +120,7 @@ def _attack_batch(spec: AttackSpec, attack_model: nn.Module, score_model: nn.Mod
     for v, t in trackers.items():
         best, found = t.result()
         out[v] = {"found": found.cpu(), "l2": t.best_l2.cpu(), "linf": linf_norm(best - x).cpu(),
-                  "best": best.detach(), "by_budget": by_budget[v]}
+                  "best": best.detach(), "by_budget": by_budget[v], "perceptual": perceptual(x, best, encoder)}
     return out
 
 
@@ -175,6 +178,10 @@ def _summarize_attack(spec: AttackSpec, parts: list[dict], n: int, variants: tup
             for i, eps in enumerate(runs)] if spec.budgets is not None else []
         stats["per_sample"] = {"l2": [d if f else None for d, f in zip(l2.tolist(), found.tolist())],
                                "linf": [d if f else None for d, f in zip(linf.tolist(), found.tolist())]}
+        per = {k: torch.cat([p[v]["perceptual"][k] for p in parts]) for k in (parts[0][v]["perceptual"] if parts else [])}
+        stats["perceptual"] = summarize_perceptual(found, per)
+        stats["per_sample"]["ssim"] = [d if f else None for d, f in zip(per["ssim"].tolist(), found.tolist())] \
+            if "ssim" in per else []
         entry[v] = stats
     return entry
 
@@ -226,6 +233,19 @@ def _previous_results(path: Path, ctx: dict, specs: list[AttackSpec]) -> dict:
     return {"attacks": done}
 
 
+def _provision(specs: list[AttackSpec], model: nn.Module, dataset: str, context: dict | None,
+               out_dir: str | Path | None) -> list[AttackSpec]:
+    """Unrestricted entries without their fitted files (D2B statistics, FSA encoder/decoder) get
+    them, fitted on first use by rank 0 and cached beside the checkpoint (else in ``out_dir``)."""
+    where = Path(context["checkpoint"]).parent if (context or {}).get("checkpoint") else out_dir
+    if where is None or not any(s.family == UNRESTRICTED for s in specs):
+        return specs
+    from ..featspace.provision import provision
+    options = [provision(s.attack, s.options, model, dataset, where) if s.family == UNRESTRICTED else s.options
+               for s in specs] if dist_info()[0] == 0 else None
+    return [dataclasses.replace(s, options=o) for s, o in zip(specs, broadcast(options))]
+
+
 def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list | Path = "full", *,
               dataset: str = "mnist_embedded", d_upp: float | None = None, quantize: str = "both",
               view: str = "bpda", approx: dict[str, Callable] | None = None, n: int | None = None,
@@ -258,6 +278,8 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
     specs = load_suite(suite, dataset)
     defended = isinstance(model, Defended)
     attack_model = model.attack_view(view, approx) if defended else model
+    specs = _provision(specs, attack_model, dataset, context, out_dir)
+    encoder = encoder_of(specs)
     approximated = model.approximated if defended and view == "bpda" else []
     rank, world = dist_info()
     if out_dir is not None:  # every rank: one refusing alone would leave the others waiting
@@ -282,6 +304,12 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
             examples = _Examples(torch.load(Path(out_dir) / "examples.pt", weights_only=True))
         except (RuntimeError, EOFError, OSError, ValueError):
             warnings.warn(f"{Path(out_dir) / 'examples.pt'} is unreadable: examples.png shows this run's only")
+    uexamples = _Examples()  # unrestricted attacks' examples apart (UNRESTRICTED_EXAMPLES)
+    if rank == 0 and out_dir is not None and (Path(out_dir) / UNRESTRICTED_EXAMPLES).is_file() and results["attacks"]:
+        try:
+            uexamples = _Examples(torch.load(Path(out_dir) / UNRESTRICTED_EXAMPLES, weights_only=True))
+        except (RuntimeError, EOFError, OSError, ValueError):
+            warnings.warn(f"{Path(out_dir) / UNRESTRICTED_EXAMPLES} is unreadable: examples.png shows this run's only")
 
     modes = {m: m.training for m in model.modules()}
     model.eval()
@@ -316,10 +344,10 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
                     idx = batches[b]
                     x, y = x_all[idx], y_all[idx]
                     torch.manual_seed(batch_seed(seed, spec.label, b))
-                    part = _attack_batch(spec, attack_model, model, x, y, variants)
+                    part = _attack_batch(spec, attack_model, model, x, y, variants, encoder)
                     part.update(batch=b, zero_grad=_zero_grad_count(spec, attack_model, x, y))
                     v0 = variants[-1]
-                    examples.offer(idx, x, part[v0]["best"], part[v0]["l2"], part[v0]["found"], spec.label)
+                    (uexamples if spec.family == UNRESTRICTED else examples).offer(idx, x, part[v0]["best"], part[v0]["l2"], part[v0]["found"], spec.label)
                     for v in variants:
                         del part[v]["best"]
                     parts.append(part)
@@ -330,7 +358,8 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
                 error = f"{type(e).__name__}: {e}"
                 traceback.print_exc()
             gathered = gather({"parts": parts, "error": error, "time": time.perf_counter() - t0,
-                               "examples": list(examples.items.values())})
+                               "examples": list(examples.items.values()),
+                               "uexamples": list(uexamples.items.values())})
             errors = [g["error"] for g in gathered if g["error"]]
             if errors:
                 results["attacks"][spec.label] = {"attack": spec.attack, "key": spec.as_dict(), "status": "error",
@@ -341,12 +370,15 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
                 entry["time_s"] = max(g["time"] for g in gathered)
                 results["attacks"][spec.label] = entry
             examples.merge([g["examples"] for g in gathered])
+            uexamples.merge([g["uexamples"] for g in gathered])
             results["worst_case"] = _worst_case(results["attacks"], variants, len(X), d_upp, points)
             results["warnings"], results["failed_checks"] = sanity_warnings(results), failed_checks(results)
             if rank == 0 and out_path is not None:
                 out_path.parent.mkdir(parents=True, exist_ok=True)
                 _write_json(out_path, results)
                 torch.save(examples.sorted(), Path(out_dir) / "examples.pt")
+                if uexamples.items:
+                    torch.save(uexamples.sorted(), Path(out_dir) / UNRESTRICTED_EXAMPLES)
         if bar is not None:
             bar.close()
     finally:

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .perceptual import UNRESTRICTED, plot_ssim_curves, report_lines
+
 VARIANT_TITLE = {"quantized": "with 8-bit quantization", "unquantized": "without quantization"}
 
 
@@ -19,6 +21,8 @@ def table_rows(results: dict, variant: str) -> list[dict]:
     """One row per attack (and the worst case) for ``variant``: the numbers of report.md / wandb."""
     rows = []
     for label, e in results["attacks"].items():
+        if e.get("family") == UNRESTRICTED and e.get("status") == "done":
+            continue  # reported by success and perceptual statistics (perceptual.report_lines)
         if e.get("status") != "done":
             rows.append({"attack": label, "error": e.get("error")})
             continue
@@ -82,6 +86,7 @@ def write_report(results: dict, path: str | Path) -> None:
                          f"{_fmt(r['d_median'])} | {_fmt(r['p_upp'])} | {_fmt(r.get('linf_mean'), 3)} | "
                          f"{_fmt(r.get('zero_grad_rate'))} | {_fmt(r.get('time_s'), 1)} |")
         lines.append("")
+        lines += report_lines(results, v)
     warns = results.get("warnings") or []
     lines += ["## Sanity checks (gradient masking)", ""] + ([f"- WARNING: {w}" for w in warns] or ["- all passed"])
     Path(path).write_text("\n".join(lines) + "\n")
@@ -94,10 +99,15 @@ def plot_curves(results: dict, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     variants = variants_of(results)
-    fig, axes = plt.subplots(1, len(variants), figsize=(6 * len(variants), 4.5), squeeze=False)
+    ssim_panel = any(e.get("family") == UNRESTRICTED for e in results["attacks"].values())
+    fig, axes = plt.subplots(1, len(variants) + ssim_panel, figsize=(6 * (len(variants) + ssim_panel), 4.5),
+                             squeeze=False)
+    if ssim_panel:  # success vs SSIM, the unrestricted family's curve (on the last variant)
+        plot_ssim_curves(axes[0, -1], results, variants[-1])
     d_upp = results["context"]["d_upp"]
     for ax, v in zip(axes[0], variants):
-        curves = {k: e[v]["curve"] for k, e in results["attacks"].items() if e.get("status") == "done"}
+        curves = {k: e[v]["curve"] for k, e in results["attacks"].items()
+                  if e.get("status") == "done" and e.get("family") != UNRESTRICTED}
         if v in results.get("worst_case", {}):
             curves["worst case"] = results["worst_case"][v]["curve"]
         d_end = max([max(c["d"]) for c in curves.values()] + [d_upp])

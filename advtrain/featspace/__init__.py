@@ -1,0 +1,4 @@
+"""Feature-space components of the unrestricted attacks (FEATURE_ATTACKS.md sections 1-2):
+D2B's per-neuron activation statistics and quantile bound (``stats.py``, ``bound.py``), the style
+attack's encoder and AdaIN decoder (``encoder.py``, ``decoder.py``), all saved as safetensors
+bound to the network they were fitted on (``artifacts.py``). CLI: ``python -m advtrain.featspace``."""

@@ -1,0 +1,108 @@
+"""One command per feature-space component (FEATURE_ATTACKS.md section 0, "artifacts"):
+
+    python -m advtrain.featspace stats --ckpt runs/demo/last.ckpt [--layers net.features.0 ...] [--out F]
+    python -m advtrain.featspace encoder --out runs/featspace/mnist_encoder.safetensors
+    python -m advtrain.featspace decoder --config configs/featspace_mnist_decoder.yaml
+
+``stats`` fits D2B's activation statistics on the checkpoint's training split (default output
+``<ckpt folder>/d2b_stats.safetensors``); ``encoder`` trains the MNIST style encoder; ``decoder``
+trains its AdaIN decoder (training the encoder first when its file is missing), resumably.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..cli import run_with_clean_errors
+
+DECODER_KEYS = {"encoder", "out", "dataset", "encoder_epochs", "steps", "batch_size", "lr", "hidden",
+                "style_weight", "seed", "checkpoint_every"}
+
+
+def train_split(dataset: str, batch_size: int = 256):
+    from ..data import build_datamodule
+
+    dm = build_datamodule(dataset, batch_size=batch_size, seed=0)
+    dm.setup()
+    return dm
+
+
+def stats_command(args: argparse.Namespace) -> Path:
+    from ..evaluation.checkpoint import load_checkpoint
+    from .stats import fit_activation_stats
+
+    model, _, dm_hp = load_checkpoint(args.ckpt)
+    dm = train_split(args.data or dm_hp.get("dataset") or "mnist_embedded")
+    stats = fit_activation_stats(model, dm.train_dataloader(), args.layers)
+    out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent / "d2b_stats.safetensors"
+    stats.save(out)
+    print(f"activation statistics of {', '.join(stats.layers)} over {stats.count} images: {out}")
+    return out
+
+
+def train_encoder(out: str | Path, dataset: str = "mnist_embedded", epochs: int = 3, seed: int = 0) -> Path:
+    from .encoder import fit_encoder
+
+    dm = train_split(dataset, batch_size=64)
+    path = fit_encoder(dm.train_dataloader(), epochs=epochs, seed=seed).save(out)
+    print(f"encoder: {path}")
+    return path
+
+
+def load_decoder_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"decoder config not found: {path}")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    bad = sorted(set(cfg) - DECODER_KEYS)
+    if bad:
+        raise ValueError(f"{path}: unknown key {', '.join(bad)}; valid keys: {', '.join(sorted(DECODER_KEYS))}")
+    for key in ("encoder", "out"):
+        if key not in cfg:
+            raise ValueError(f"{path}: missing key {key!r}")
+    return cfg
+
+
+def decoder_command(args: argparse.Namespace) -> Path:
+    from .decoder import fit_style_decoder
+
+    cfg = load_decoder_config(args.config)
+    dataset = cfg.get("dataset", "mnist_embedded")
+    if not Path(cfg["encoder"]).is_file():
+        train_encoder(cfg["encoder"], dataset, cfg.get("encoder_epochs", 3), cfg.get("seed", 0))
+    dm = train_split(dataset)
+    xs, ys = zip(*[dm.train_set[i] for i in range(len(dm.train_set))])
+    out = fit_style_decoder(cfg["encoder"], cfg["out"], torch.stack(xs), torch.tensor(ys),
+                            **{k: cfg[k] for k in ("steps", "batch_size", "lr", "hidden", "style_weight", "seed",
+                                                    "checkpoint_every") if k in cfg})
+    print(f"decoder: {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m advtrain.featspace", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("stats", help="D2B activation statistics of a checkpoint's model")
+    s.add_argument("--ckpt", required=True)
+    s.add_argument("--layers", nargs="+", default=None, help="planes (default: the first two convolutions)")
+    s.add_argument("--data", default=None, help="dataset (default: the checkpoint's)")
+    s.add_argument("--out", default=None)
+    e = sub.add_parser("encoder", help="train the MNIST style encoder")
+    e.add_argument("--out", required=True)
+    e.add_argument("--epochs", type=int, default=3)
+    d = sub.add_parser("decoder", help="train the AdaIN decoder of an encoder (resumable)")
+    d.add_argument("--config", required=True)
+    args = p.parse_args(argv)
+    if args.command == "stats":
+        stats_command(args)
+    elif args.command == "encoder":
+        train_encoder(args.out, epochs=args.epochs)
+    else:
+        decoder_command(args)
+
+
+if __name__ == "__main__":
+    run_with_clean_errors(main, "python -m advtrain.featspace")

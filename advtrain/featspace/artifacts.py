@@ -1,0 +1,61 @@
+"""Safetensors files bound to a network: a content hash of its weights is stored in the file's
+metadata and checked on load, so statistics or a decoder are never used with another network."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def weights_hash(model: nn.Module) -> str:
+    """SHA-256 (first 16 hex digits) of the parameters' and buffers' names, dtypes, shapes and values."""
+    h = hashlib.sha256()
+    for name, t in sorted({**dict(model.named_parameters()), **dict(model.named_buffers())}.items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        flat = t.detach().cpu().contiguous().reshape(-1)  # 1-D: 0-dim buffers cannot be viewed as bytes
+        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def save_artifact(path: str | Path, tensors: dict[str, Tensor], kind: str, meta: dict[str, Any]) -> Path:
+    """Write ``tensors`` with ``{"kind": kind, **meta}`` (JSON-encoded values) as metadata, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={"kind": kind, **{k: json.dumps(v) for k, v in meta.items()}})
+    tmp.replace(path)
+    return path
+
+
+def load_artifact(path: str | Path, kind: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The tensors and metadata of a file written by :func:`save_artifact` for ``kind``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} file not found: {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            raw = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
+        raise ValueError(f"{path} is not a safetensors file ({type(e).__name__})") from None
+    if raw.get("kind") != kind:
+        raise ValueError(f"{path} holds {raw.get('kind', 'no advtrain artifact')!r}, not {kind!r}")
+    return tensors, {k: json.loads(v) for k, v in raw.items() if k != "kind"}
+
+
+def check_bound_to(meta: dict[str, Any], model: nn.Module, what: str, path: str | Path) -> None:
+    """Refuse a file fitted on another network (its stored weights hash differs)."""
+    have = weights_hash(model)
+    if meta.get("model_hash") != have:
+        raise ValueError(f"{what} {path} were fitted on another model (weights hash {meta.get('model_hash')}, "
+                         f"this model {have}): refit them for this model")
