@@ -56,6 +56,9 @@ THESIS_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "deepfool": {g: {"options": {}} for g in _L2},
     "ddn": {g: {"options": {"steps": 20}, "quantize_mode": "attack"} for g in _L2},
     "bp": {g: {"options": {"steps": 20}, "quantize_mode": "attack"} for g in _L2},
+    # transfer attacks (not in the thesis): the NAA paper's T = 10, alpha = eps / T, mu = 1, N = 30
+    **{name: {g: {"options": {"steps": 10}, "budgets": b} for g, b in _LINF.items()}
+       for name in ("mifgsm", "naa", "fia", "nrdm", "fda", "ilpd")},
 }
 
 

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .nets import C4, CifarCNN
+from .nets import C4, MLP, CifarCNN
 from .normalize import NormalizedModel
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -20,6 +20,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BUILTIN: dict[str, tuple[Callable[..., nn.Module], int, tuple, tuple]] = {
     "c4": (C4, 1, (0.0,), (1.0,)),
     "cifar_cnn": (CifarCNN, 3, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "mlp": (MLP, 1, (0.0,), (1.0,)),
 }
 PREFIXES = ("timm:", "torchvision:")
 
