@@ -122,8 +122,8 @@ def train_zoo(out: str | Path, members: dict[str, Recipe] | None = None, limit: 
             continue
         model, acc = train_member(recipe, limit, progress)
         save_member(model, recipe, acc, ckpt)
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}  # another run's too
         manifest[name] = {"key": key, "checkpoint": str(ckpt), "test_accuracy": acc}
-        out.mkdir(parents=True, exist_ok=True)
         manifest_path.write_text(json.dumps(manifest, indent=1))
         print(f"[zoo] {name}: test accuracy {acc:.4f} -> {ckpt}")
     return manifest

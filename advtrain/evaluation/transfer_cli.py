@@ -22,7 +22,7 @@ from torch import nn
 
 from ..models.imagenet_lite import LITE, efficientnet_lite_imagenet, foolbox_imagenet_samples
 from .checkpoint import load_checkpoint
-from .distributed import dist_info
+from .distributed import dist_info, launch
 from .suite import load_suite
 from .transfer import transfer_matrix
 from .transfer_report import plot_transfer, write_transfer_report
@@ -92,10 +92,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--procs", type=int, default=1, help="processes to shard the batches over (gloo)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if args.n is not None and args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
-    if args.procs < 1:
-        raise ValueError(f"--procs must be >= 1, got {args.procs}")
+    for opt in ("n", "procs", "batch_size"):
+        value = getattr(args, opt)
+        if value is not None and value < 1:
+            raise ValueError(f"--{opt.replace('_', '-')} must be >= 1, got {value}")
     return args
 
 
@@ -140,35 +140,6 @@ def evaluate_transfer(args: argparse.Namespace, job: dict) -> dict:
     return results
 
 
-def _worker(rank: int, world: int, port: int, args: argparse.Namespace, job: dict | None) -> None:
-    import torch.distributed as dist
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        evaluate_transfer(args, job if job is not None else prepare(args))
-    finally:
-        dist.destroy_process_group()
-
-
 def main(argv: list[str]) -> None:
-    import socket
-    import sys
-
-    import torch.distributed as dist
-
     args = parse_args(argv)
-    job = prepare(args)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # launched by torchrun
-        dist.init_process_group("gloo")
-        try:
-            evaluate_transfer(args, job)
-        finally:
-            dist.destroy_process_group()
-    elif args.procs > 1:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        method = "fork" if sys.platform.startswith("linux") else "spawn"
-        torch.multiprocessing.start_processes(_worker, args=(args.procs, port, args, job if method == "fork" else None),
-                                              nprocs=args.procs, start_method=method)
-    else:
-        evaluate_transfer(args, job)
+    launch(evaluate_transfer, args.procs, args, prepare(args))

