@@ -56,7 +56,7 @@ def test_cli_writes_matrix_table_heatmap_and_resumes(zoo, tmp_path, monkeypatch)
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump(SUITE))
     out = tmp_path / "eval"
-    argv = ["--transfer", "--zoo", str(zoo), "--suite", str(suite), "--n", "40", "--seeds", "0", "1",
+    argv = ["--transfer", "--zoo", str(zoo), "--suite", str(suite), "--n", "30", "--seeds", "0", "1",
             "--out", str(out), "--no-progress"]
     _evaluate_main(argv)
     res = json.loads((out / "transfer.json").read_text())
@@ -85,7 +85,7 @@ def test_same_file_as_source_and_target_is_the_white_box_cell(zoo, tmp_path):
     c4, mlp = str(zoo / "c4" / "last.ckpt"), str(zoo / "mlp" / "last.ckpt")
     suite = tmp_path / "s.yaml"
     suite.write_text(yaml.safe_dump(SUITE[:1]))
-    _evaluate_main(["--transfer", "--sources", c4, "--targets", c4, mlp, "--suite", str(suite), "--n", "30",
+    _evaluate_main(["--transfer", "--sources", c4, "--targets", c4, mlp, "--suite", str(suite), "--n", "20",
                     "--out", str(tmp_path / "o"), "--no-progress"])
     row = json.loads((tmp_path / "o" / "transfer.json").read_text())["summary"]["mifgsm"]["c4"]
     assert row["targets"]["c4"]["white_box"] and not row["targets"]["mlp"]["white_box"]
