@@ -69,7 +69,11 @@ class FeatureLevel(MomentumIterative):
             raise ValueError(f"{self.name} is untargeted only (it degrades the true class's features)")
         self._layer = self.layer or default_layer(ctx.model)
         find_layers(ctx.model, [self._layer])  # unknown name: error listing the valid ones
-        return super()._run(ctx)
+        try:
+            return super()._run(ctx)
+        finally:  # per-call state (weights, clean features) is not kept on the attack
+            for k in ("_weights", "_base", "_clean", "_low"):
+                self.__dict__.pop(k, None)
 
     def _tapped(self, ctx: AttackContext, x: Tensor, leaf: bool = False) -> tuple[Tensor, Tensor]:
         """(logits, output of the layer) for input ``x``."""

@@ -6,8 +6,8 @@ source and fed to every target. A cell M[attack][source][target] is the attack s
 correctly, so a success is never a clean error and all cells share one denominator (this is
 torchattack's fooling rate too). A target with the same weights as the source (same content hash,
 e.g. the same file given twice) is the white-box cell, marked ``*``. Per source: the crafted
-images' L2, Linf and SSIM (torchmetrics), gradients and time per image against the attack's
-forward+backward floor. Mean +- std over seeds. FEATURE_ATTACKS.md section 4.
+images' L2, Linf and SSIM (torchmetrics), gradients and CPU time per image against the
+attack's forward+backward floor. Mean +- std over seeds. FEATURE_ATTACKS.md section 4.
 
 Resumable: transfer.json is rewritten after every (attack, source, seed) cell; a rerun keeps the
 cells whose key (attack options, eps, the source's and targets' weight hashes) is unchanged.
@@ -91,14 +91,15 @@ def check_zoo(specs: list[AttackSpec], sources: dict[str, nn.Module], targets: d
 
 
 def fb_time(model: nn.Module, x: Tensor, y: Tensor, reps: int = 3) -> float:
-    """Seconds per image of one forward+backward of ``model`` (the floor of a gradient attack)."""
+    """CPU seconds per image of one forward+backward of ``model`` (the floor of a gradient attack;
+    CPU time, as the attacks' times, is steadier than wall time on a shared machine)."""
     with frozen_eval(model), torch.enable_grad():
         ctx = AttackContext(model, x, y, None, get_loss("ce"))
         ctx.loss_and_grad(x)  # warm-up
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for _ in range(reps):
             ctx.loss_and_grad(x)
-    return (time.perf_counter() - t0) / reps / len(y)
+    return (time.process_time() - t0) / reps / len(y)
 
 
 def _cell(spec: AttackSpec, eps: float | None, label: str, src: str, source: nn.Module,
@@ -112,9 +113,9 @@ def _cell(spec: AttackSpec, eps: float | None, label: str, src: str, source: nn.
         idx = batches[b]
         x, y = x_all[idx], y_all[idx]
         torch.manual_seed(batch_seed(seed, f"{label}|{src}", b))
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         res = spec.build(eps, quantize=quantize)(source, x, y)
-        part["time"] += time.perf_counter() - t0
+        part["time"] += time.process_time() - t0
         x_adv = res.x_adv
         for t, model in targets.items():
             part["success"][t] += int((_predict(model, x_adv) != y).sum())

@@ -20,11 +20,11 @@ def write_transfer_report(results: dict, path: str | Path) -> None:
              f"- test images N' = {c['n_prime']}, classified correctly by every model N = {c['n']}",
              f"- crafted images {'8-bit quantized' if c['quantize'] else 'real-valued'}; "
              "`*` = white-box cell (the target has the source's weights)",
-             "- time per image vs floor: the attack's gradient count x one forward+backward of the source", ""]
+             "- CPU time per image vs floor: the attack's gradient count x one forward+backward of the source", ""]
     for label, rows in summary.items():
         lines += [f"## {label}", "",
                   "| source \\ target | " + " | ".join(targets) + " | avg transfer | L2 | Linf | SSIM | grads "
-                  "| time/img (ms) | floor (ms) |",
+                  "| CPU time/img (ms) | floor (ms) |",
                   "| --- |" + " ---: |" * (len(targets) + 7)]
         for src, row in rows.items():
             cells = [_pm(row["targets"][t]) + ("*" if row["targets"][t]["white_box"] else "") for t in targets]
