@@ -49,9 +49,13 @@ def plot_transfer(results: dict, path: str | Path) -> None:
     if not labels:
         return
     n_src = max(len(summary[k]) for k in labels)
-    size = (max(3.0, 0.9 * len(targets) + 1.5) * len(labels), max(2.5, 0.6 * n_src + 1.5))
-    fig, axes = plt.subplots(1, len(labels), figsize=size, squeeze=False)
-    for ax, label in zip(axes[0], labels):
+    cols = min(4, len(labels))
+    rows_n = -(-len(labels) // cols)
+    size = (max(3.0, 0.7 * len(targets) + 1.5) * cols, max(2.5, 0.5 * n_src + 1.8) * rows_n)
+    fig, axes = plt.subplots(rows_n, cols, figsize=size, squeeze=False)
+    for ax in axes.flat[len(labels):]:
+        ax.axis("off")
+    for ax, label in zip(axes.flat, labels):
         rows = summary[label]
         mat = [[rows[s]["targets"][t]["mean"] for t in targets] for s in rows]
         im = ax.imshow(mat, vmin=0, vmax=100, cmap="viridis")
@@ -64,7 +68,8 @@ def plot_transfer(results: dict, path: str | Path) -> None:
         ax.set_yticks(range(len(rows)), list(rows), fontsize=8)
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("target")
-    axes[0][0].set_ylabel("source")
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="success (%)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("source")
+    fig.colorbar(im, ax=axes.flat[:len(labels)], shrink=0.8, label="success (%)")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
