@@ -11,6 +11,7 @@
     python evaluate.py --model c4 --weights c4.safetensors --data mnist_embedded   # any model, not a checkpoint
     python evaluate.py --model mypkg.models:load_robust --data cifar10   # a callable returning an nn.Module
     torchrun --nproc_per_node 2 evaluate.py --ckpt CKPT --images 500     # same, by torchrun (--n is its own)
+    python evaluate.py --transfer --zoo runs/zoo     # source x target transfer matrix (evaluate.py --transfer -h)
 
 Writes results.json (rewritten after every attack; a rerun skips finished attacks), report.md,
 curves.png and examples.png to --out (default: <checkpoint folder>/eval).
@@ -182,6 +183,9 @@ def _free_port() -> int:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if "--transfer" in argv:  # its own options: advtrain/evaluation/transfer_cli.py
+        from advtrain.evaluation.transfer_cli import main as transfer_main
+        return transfer_main([a for a in argv if a != "--transfer"])
     args = parse_args(argv)
     job = prepare(args)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # launched by torchrun

@@ -60,6 +60,14 @@ def _peers() -> dict[str, Callable[[nn.Module], Callable[[Tensor, Tensor], Tenso
         peers["deepfool"] = fb_run(fb.attacks.L2DeepFoolAttack(steps=STEPS, candidates=10, overshoot=0.02))
     except ImportError:
         pass
+    try:  # transfer attacks at the NAA paper's T = 10, N = 30 (MNIST eps 0.2), C4's middle layer
+        import torchattack as tk
+        cpu, layer = torch.device("cpu"), "net.features.3"
+        peers["mifgsm"] = lambda m: tk.MIFGSM(m, device=cpu, eps=0.2, steps=10)
+        peers["naa"] = lambda m: tk.NAA(m, device=cpu, eps=0.2, steps=10, num_ens=30, feature_layer_cfg=layer)
+        peers["fia"] = lambda m: tk.FIA(m, device=cpu, eps=0.2, steps=10, num_ens=30, feature_layer_cfg=layer)
+    except ImportError:
+        pass
     return peers
 
 
@@ -80,10 +88,13 @@ ROWS: dict[str, tuple[str, dict]] = {
     # AutoAttack's 100 steps; at eps 0.02 no image is fooled, so early stop saves nothing
     "apgd_linf": ("apgd_linf", {"eps": 0.1, "steps": 100}),
     "apgd_linf eps.02": ("apgd_linf", {"eps": 0.02, "steps": 100}),
+    "mifgsm": ("mifgsm", {"eps": 0.2, "steps": 10}),
+    "naa": ("naa", {"eps": 0.2, "steps": 10, "ens": 30, "noise": 0.0, "path": "torchattack"}),
+    "fia": ("fia", {"eps": 0.2, "steps": 10, "ens": 30, "target": "prob"}),
 }
 PEER_OF = {"fgsm": "fgsm", "ifgsm": "ifgsm", "pgd_linf": "pgd_linf", "pgd_l2": "pgd_l2", "ddn": "ddn",
            "deepfool": "deepfool", "cw_l2 1x20": "cw_l2", "apgd_linf": "apgd_linf",
-           "apgd_linf eps.02": "apgd_linf eps.02"}
+           "apgd_linf eps.02": "apgd_linf eps.02", "mifgsm": "mifgsm", "naa": "naa", "fia": "fia"}
 
 
 CLOCK: Callable[[], float] = time.perf_counter

@@ -14,8 +14,9 @@ def test_forward_shapes(name, shape):
 
 
 def test_unknown_model_lists_known_names():
-    with pytest.raises(ValueError, match="known: c4, cifar_cnn, lenet, timm:<name>, torchvision:<name>"):
-        build_model("notanet")
+    with pytest.raises(ValueError, match="unknown model 'nonet'; known: c4, cifar_cnn, lenet, mlp, timm:<name>, "
+                                         "torchvision:<name>"):
+        build_model("nonet")
     with pytest.raises(ValueError, match="unknown torchvision model"):
         build_model("torchvision:notanet")
     with pytest.raises(ValueError, match="unknown timm model"):
@@ -56,3 +57,8 @@ def test_weights_roundtrip_is_safe(tmp_path):
         load_state_dict_safely(tmp_path / "evil.pt")
     with pytest.raises(FileNotFoundError):
         load_state_dict_safely(tmp_path / "missing.pt")
+
+
+def test_mlp_builtin_takes_mnist_pixels():
+    model = build_model("mlp", num_classes=10)
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)

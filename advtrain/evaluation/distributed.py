@@ -5,9 +5,13 @@ Work is split in fixed batches dealt round-robin to the ranks; every batch is co
 """
 from __future__ import annotations
 
+import os
+import socket
+import sys
 import zlib
-from typing import Any
+from typing import Any, Callable
 
+import torch
 import torch.distributed as dist
 
 
@@ -47,3 +51,31 @@ def broadcast(obj: Any) -> Any:
 def batch_seed(seed: int, label: str, batch: int) -> int:
     """A seed for one (attack, batch) pair, stable across processes and Python runs."""
     return (seed * 1_000_003 + zlib.crc32(label.encode()) * 7919 + batch) % (2 ** 63)
+
+
+def _launched(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        fn(*args)
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(fn: Callable[..., Any], procs: int, *args: Any) -> None:
+    """``fn(*args)`` in the process group torchrun set up (WORLD_SIZE > 1), else on ``procs`` local
+    gloo processes (forked on Linux: they share ``args``), else here."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+        try:
+            fn(*args)
+        finally:
+            dist.destroy_process_group()
+        return
+    if procs <= 1:
+        fn(*args)
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.start_processes(_launched, args=(procs, port, fn, args), nprocs=procs,
+                                          start_method="fork" if sys.platform.startswith("linux") else "spawn")

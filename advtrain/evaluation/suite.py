@@ -74,6 +74,9 @@ THESIS_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     **{f"apgd_t_{n}": {g: {"options": {"steps": 20, "n_target_classes": 3}, "budgets": b} for g, b in _B[n].items()}
        for n in _B},
     **{f"square_{n}": {g: {"options": {"queries": 1000}, "budgets": b} for g, b in _B[n].items()} for n in _B},
+    # transfer attacks (not in the thesis): the NAA paper's T = 10, alpha = eps / T, mu = 1, N = 30
+    **{name: {g: {"options": {"steps": 10}, "budgets": b} for g, b in _LINF.items()}
+       for name in ("mifgsm", "naa", "fia", "nrdm", "fda", "ilpd")},
 }
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .fingerprint import check_finite_state
-from .nets import C4, CifarCNN, LeNet
+from .nets import C4, MLP, CifarCNN, LeNet
 from .normalize import NormalizedModel
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -22,6 +22,7 @@ BUILTIN: dict[str, tuple[Callable[..., nn.Module], int, tuple, tuple]] = {
     "c4": (C4, 1, (0.0,), (1.0,)),
     "lenet": (LeNet, 1, (0.0,), (1.0,)),
     "cifar_cnn": (CifarCNN, 3, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "mlp": (MLP, 1, (0.0,), (1.0,)),
 }
 PREFIXES = ("timm:", "torchvision:")
 

@@ -64,3 +64,22 @@ class CifarCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x).mean(dim=(2, 3)))
+
+
+class MLP(nn.Module):
+    """Fully connected net: flatten, ``depth`` hidden layers of ``hidden`` ReLU units, linear head
+    (the transfer zoo's non-convolutional member; 2 x 256 on 28x28 MNIST)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, hidden: int = 256,
+                 depth: int = 2) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_channels * image_size * image_size
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
