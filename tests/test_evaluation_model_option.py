@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from test_evaluation_cli import script  # noqa: F401  (the evaluate.py module, a fixture)
 
-ROOT = Path(__file__).resolve().parents[1]
 SUITE = [{"attack": "fgsm", "budgets": [0.1, 0.3]}]
 #: the same C4 weights through a callable: a module on the path returning the model (as RobustBench's load_model)
 CALLABLE_MODULE = '''
