@@ -124,15 +124,16 @@ def prepare(args: argparse.Namespace) -> dict:
         out = Path(args.ckpt).resolve().parent / "eval" if args.ckpt else Path("runs", "eval", safe_name(args.model))
     check_output_dir(out)  # a file or a read-only folder: refused before any attack runs
     model, hp, dm_hp = load_checkpoint(args.ckpt) if args.ckpt else (None, {"model": args.model}, {})
+    defenses = [parse_defense(d) for d in args.defense]
+    defended = apply_defenses(model, defenses) if model is not None else None
     dataset = args.data or dm_hp.get("dataset") or "mnist_embedded"
     load_suite(args.suite, dataset)  # validate attack names and options before any work
     same = dataset == dm_hp.get("dataset")
     dm = NamedDataModule(dataset=dataset, root=args.data_root or (dm_hp.get("root") if same else None),
                          image_size=dm_hp.get("image_size") if same else None, batch_size=args.batch_size)
     dm.setup("test")
-    if model is None:
-        model = load_model(args.model, args.weights, dm.num_classes, dm.image_shape[0])
-    defended = apply_defenses(model, [parse_defense(d) for d in args.defense])
+    if defended is None:  # --model: its classes and channels are the dataset's
+        defended = apply_defenses(load_model(args.model, args.weights, dm.num_classes, dm.image_shape[0]), defenses)
     test_set = dm.inner.test_set
     n = args.n if args.n is not None else min(DEFAULT_N, len(test_set))
     if n > len(test_set):
