@@ -42,7 +42,10 @@ class _FAB(Attack):
 
     Classes: all other classes (untargeted); the target when called with ``targets``;
     ``targeted=True`` is FAB-T (AutoAttack): untargeted success, but one targeted run per each
-    of the ``n_target_classes`` most likely other classes of the clean image.
+    of the ``n_target_classes`` most likely other classes of the clean image, keeping the least
+    distortion over all of them (as adv_lib's ``targeted_restarts``; AutoAttack/torchattacks
+    attack a later target only on images not yet fooled, which suits a budget, not a minimum:
+    on the C4, 64 images, 100 steps, L2 1.333 here against torchattacks' 1.412).
 
     ``quantize``: the iterate stays real-valued; its 8-bit rounding is what is checked and kept
     (the best successful ROUNDED iterate), at no extra cost.
