@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..attacks.features import layer_hooks, layer_names
 from ..registry import check_kwargs
 from .codebooks import (Codebook, E8Codebook, PQCodebook, build_codebook, check_kind, fit_kmeans,
                         load_safetensors, progress_bar, save_safetensors)
@@ -98,7 +99,7 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def valid_layers(model: nn.Module) -> list[str]:
-    return [IMAGE] + [n for n, _ in model.named_modules() if n]
+    return [IMAGE] + layer_names(model)
 
 
 def _check_layers(model: nn.Module, configs: Sequence[LayerConfig]) -> None:
@@ -225,17 +226,14 @@ class PatchReplacement(Defended):
                 return feat + (q - feat).detach()
             return stage(feat)
 
-        modules = dict(self.model.named_modules())
-        handles = []
-        for stage in self.defenses:
-            if stage.config.layer == IMAGE:
-                hook = (lambda s: lambda mod, args: (apply(s, args[0]), *args[1:]))(stage)
-                handles.append(self.model.register_forward_pre_hook(hook))
-            else:
-                hook = (lambda s: lambda mod, args, out: apply(s, out))(stage)
-                handles.append(modules[stage.config.layer].register_forward_hook(hook))
+        handles = [self.model.register_forward_pre_hook(
+            (lambda s: lambda mod, args: (apply(s, args[0]), *args[1:]))(stage))
+            for stage in self.defenses if stage.config.layer == IMAGE]
+        inner = {stage.config.layer: (lambda s: lambda out: apply(s, out))(stage)
+                 for stage in self.defenses if stage.config.layer != IMAGE}
         try:
-            yield
+            with layer_hooks(self.model, inner):
+                yield
         finally:
             for h in handles:
                 h.remove()
@@ -274,11 +272,9 @@ class PatchReplacement(Defended):
         per_batch = math.ceil(max_patches / n_batches) if n_batches else None
         pools: dict[int, list[Tensor]] = {i: [] for i in todo}
         feats: dict[int, Tensor] = {}
-        modules = dict(self.model.named_modules())
-        handles = [modules[self.layers[i].layer].register_forward_hook(
-            (lambda i: lambda mod, args, out: feats.__setitem__(i, out))(i)) for i in inner]
+        record = {self.layers[i].layer: (lambda i: lambda out: feats.__setitem__(i, out))(i) for i in inner}
         seen = 0
-        try:
+        with layer_hooks(self.model, record):
             with torch.no_grad():
                 for batch in progress_bar(batches, n_batches, progress, "patches"):
                     x = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(self._device())
@@ -293,9 +289,6 @@ class PatchReplacement(Defended):
                     seen += len(x)
                     if max_images is not None and seen >= max_images:
                         break
-        finally:
-            for h in handles:
-                h.remove()
         return {i: _sample_rows(torch.cat(pools[i], dim=1), max_patches, gen) if pools[i] else torch.empty(0)
                 for i in todo}
 
@@ -306,7 +299,7 @@ class PatchReplacement(Defended):
 
         ``batches``: e.g. the training DataLoader (yielding ``(x, y)`` or ``x``); patches are drawn
         from its first ``max_images`` images (see :meth:`collect_patches`); faiss subsamples them
-        further to 256 per codeword. ``progress``: progress bars (None: when stderr is a terminal).
+        further (see :func:`fit_kmeans`). ``progress``: progress bars (None: when stderr is a terminal).
         """
         was_training = self.model.training
         self.model.eval()
