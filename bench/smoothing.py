@@ -2,7 +2,7 @@
 
 Prints, for one 224x224x3 image and for a batch, the graph build time, the time of one
 smoothing s-hat_alpha (``--iters`` CG iterations, alpha 0.997) and the time per CG iteration per
-image; plus the dense solver on an MNIST batch for reference. Medians over ``--repeats`` after a
+image; plus the direct ("dense") solver on an MNIST batch for reference. Medians over ``--repeats`` after a
 warm-up. ``--clock cpu`` measures process CPU time (steadier on a shared machine).
 
     .venv/bin/python bench/smoothing.py [--batch 8] [--iters 50] [--threads 1] [--clock wall|cpu]
@@ -53,7 +53,7 @@ def main() -> None:
     build = timing.median_time(lambda: (LaplacianSmoother(x, 0.95, solver="dense"), sync()), 1)
     dense = LaplacianSmoother(x, 0.95, solver="dense")
     solve = timing.median_time(lambda: (dense(z), sync()), args.repeats)
-    print(f"dense 64 x 1x28x28: build (inverse) {build:.3f} s, smoothing {1e3 * solve:.2f} ms")
+    print(f"dense (direct: banded Cholesky on CPU) 64 x 1x28x28: build {build:.3f} s, smoothing {1e3 * solve:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -169,7 +169,8 @@ class E8Codebook(Codebook):
 
 
 def fit_kmeans(patches: Tensor, K: int, universal: bool = False, niter: int = 20, seed: int = 0,
-               gpu: bool | None = None, progress: bool | None = None, label: str = "") -> PQCodebook:
+               gpu: bool | None = None, progress: bool | None = None, label: str = "",
+               points_per_codeword: int = 64) -> PQCodebook:
     """Fit a PQ (per slice) or universal k-means codebook of ``K`` codewords with faiss.
 
     Args:
@@ -177,7 +178,9 @@ def fit_kmeans(patches: Tensor, K: int, universal: bool = False, niter: int = 20
         gpu: use faiss' GPU k-means; default: when faiss sees a GPU.
         progress: a progress bar over the slices (None: when stderr is a terminal), titled ``label``.
 
-    faiss samples at most 256 training points per codeword itself (``max_points_per_centroid``).
+    faiss trains on a uniform sample of at most ``points_per_codeword * K`` of the patches (its
+    ``max_points_per_centroid``; 64 keeps 4x less work than faiss' default 256, above the 39 it
+    warns about). The nearest-codeword assignment then uses every codeword as usual.
     """
     import faiss
 
@@ -194,7 +197,8 @@ def fit_kmeans(patches: Tensor, K: int, universal: bool = False, niter: int = 20
     cents = []
     for k in progress_bar(range(data.shape[0]), data.shape[0], progress, f"k-means {label}".strip()):
         x = np.ascontiguousarray(data[k].detach().float().cpu().numpy())
-        km = faiss.Kmeans(dim, K, niter=niter, seed=seed + k, gpu=bool(gpu), verbose=False)
+        km = faiss.Kmeans(dim, K, niter=niter, seed=seed + k, gpu=bool(gpu), verbose=False,
+                          max_points_per_centroid=points_per_codeword)
         km.train(x)
         cents.append(torch.from_numpy(km.centroids.copy()).view(K, dim))
     return PQCodebook(torch.stack(cents), universal=universal)

@@ -301,7 +301,7 @@ class PatchReplacement(Defended):
 
         ``batches``: e.g. the training DataLoader (yielding ``(x, y)`` or ``x``); patches are drawn
         from its first ``max_images`` images (see :meth:`collect_patches`); faiss subsamples them
-        further to 256 per codeword. ``progress``: progress bars (None: when stderr is a terminal).
+        further (see :func:`fit_kmeans`). ``progress``: progress bars (None: when stderr is a terminal).
         """
         was_training = self.model.training
         self.model.eval()
