@@ -191,6 +191,17 @@ def test_fab_matches_adv_lib_and_torchattacks(norm, trained_c4, batch64):
 
 
 @pytest.mark.slow
+def test_fab_t_matches_adv_lib(trained_c4, batch64):
+    """FAB-T keeps the least distortion over the 9 targets, as adv_lib's ``targeted_restarts``
+    (torchattacks' AutoAttack FAB-T stops at the first fooling target: not comparable)."""
+    attacks = adv_lib_attacks()
+    x, y = batch64
+    ours = summary(trained_c4, x, y, build_attack("fab_l2", steps=100, targeted=True)(trained_c4, x, y).x_adv)
+    peer = attacks.fab(trained_c4, x, y, norm=2, n_iter=100, targeted_restarts=True, restarts=9)
+    assert_agree(ours, summary(trained_c4, x, y, peer))
+
+
+@pytest.mark.slow
 def test_fmn_linf_matches_adv_lib(trained_c4, batch64):
     attacks = adv_lib_attacks()
     x, y = batch64
