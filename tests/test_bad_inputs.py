@@ -86,7 +86,7 @@ def files(trained_c4, tmp_path_factory) -> dict[str, Path]:
         bad["net.classifier.weight"][0, :3] = value
         out[f"{name}.ckpt"] = lightning_ckpt(bad, d / f"{name}.ckpt")
     out["classes.ckpt"] = lightning_ckpt(state, d / "classes.ckpt", num_classes=7)
-    out["unknown_model.ckpt"] = lightning_ckpt(state, d / "unknown_model.ckpt", model="lenet")
+    out["unknown_model.ckpt"] = lightning_ckpt(state, d / "unknown_model.ckpt", model="lenet9")
     torch.save({"state_dict": {}, "hyper_parameters": {"num_classes": 10}}, d / "no_model.ckpt")
     out["no_model.ckpt"] = d / "no_model.ckpt"
     torch.save({"state_dict": state, "hyper_parameters": {"model": "c4"}, "x": zipfile.ZipInfo("a")}, d / "pickle.ckpt")
@@ -119,7 +119,7 @@ CHECKPOINTS = [
     ("nan.ckpt", "tensor 'model.net.classifier.weight' has 3 non-finite"),
     ("inf.ckpt", "tensor 'model.net.classifier.weight' has 3 non-finite"),
     ("classes.ckpt", "weights do not fit model 'c4'"),
-    ("unknown_model.ckpt", "unknown model 'lenet'"),
+    ("unknown_model.ckpt", "unknown model 'lenet9'"),
     ("no_model.ckpt", "hyper_parameters has no 'model' name"),
     ("pickle.ckpt", "cannot be loaded safely with weights_only=True"),
     ("folder.ckpt", "checkpoint not found"),

@@ -27,7 +27,7 @@ def test_short_fit_writes_checkpoint_and_reports_test_accuracy(tmp_path):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--model.model", "lenet"], "unknown model 'lenet'"),
+    (["--model.model", "lenet9"], "unknown model 'lenet9'"),
     (["--data.dataset", "svhn"], "unknown dataset 'svhn'"),
     (["--data.dataset", "cifar10", "--data.root", "/nonexistent/cifar"], "/nonexistent/cifar"),
     (["--model.no_such_key", "1"], "no_such_key"),

@@ -54,6 +54,8 @@ class FeatureLevel(MomentumIterative):
 
     #: this attack's own objective replaces the attacker loss (ILPD keeps it)
     uses_loss = False
+    #: a feature objective degrades the true class's features: no targeted form (ILPD has one)
+    supports_targets = False
 
     def __init__(self, eps: float = 16 / 255, layer: str | None = None, **kw) -> None:
         if not self.uses_loss and kw.get("loss") is not None:
@@ -65,7 +67,7 @@ class FeatureLevel(MomentumIterative):
         self._layer = ""
 
     def _run(self, ctx: AttackContext) -> Tensor:
-        if ctx.targets is not None and not self.uses_loss:
+        if ctx.targets is not None and not self.supports_targets:
             raise ValueError(f"{self.name} is untargeted only (it degrades the true class's features)")
         self._layer = self.layer or default_layer(ctx.model)
         find_layers(ctx.model, [self._layer])  # unknown name: error listing the valid ones
@@ -237,6 +239,7 @@ class ILPD(FeatureLevel):
 
     name = "ilpd"
     uses_loss = True
+    supports_targets = True
 
     def __init__(self, eps: float = 16 / 255, layer: str | None = None, sigma: float = 0.05,
                  coef: float = 0.1, **kw) -> None:
