@@ -97,7 +97,8 @@ LINEAR_CASES = [
     ("fmn_l2", {"steps": 100}),
     ("fab_l2", {"steps": 20}),
     ("ddn", {"steps": 100}),
-    ("bp", {"steps": 100}),
+    # BP's thesis-exact variant stalls here (worst ratio 12.8: see test_bp_out_step_when_the_sphere_misses_the_plane)
+    ("bp", {"steps": 100, "variant": "sphere"}),
     ("fmn_linf", {"steps": 100}),
     ("fab_linf", {"steps": 20}),
 ]
@@ -251,3 +252,19 @@ def test_quantize_keeps_the_successes_that_rounding_afterwards_loses(name, optio
     aware = summary(trained_c4, x, y, build_attack(name, quantize=True, **options)(trained_c4, x, y).x_adv)
     assert aware[0] >= max(rounded[0], least), (aware, rounded)
     assert aware[1] <= 1.05 * float(plain.l2[plain.success].mean())
+
+
+def test_bp_out_step_when_the_sphere_misses_the_plane():
+    """Eq. 5.4-5.6 with r = y - x parallel to g (a linear model after stage 1): |rho| = ||r|| > eps =
+    gamma ||r||, the sphere misses the plane and the thesis' z = v* is y itself (BP never moves
+    again); the ``sphere`` variant steps to the sphere's point closest to the plane, at distance eps."""
+    from advtrain.attacks.bp import out_target
+
+    x = torch.full((2, 1, 4, 4), 0.5)
+    g_hat = torch.nn.functional.normalize(torch.randn(2, 16), dim=1).view(2, 1, 4, 4)
+    y = x - 0.3 * g_hat
+    z, v_star = out_target(x, y, g_hat, gamma=0.8)
+    assert torch.allclose(z, y, atol=1e-6) and torch.allclose(v_star, y, atol=1e-6)
+    z, _ = out_target(x, y, g_hat, gamma=0.8, sphere=True)
+    assert torch.allclose((z - x).flatten(1).norm(dim=1), torch.full((2,), 0.8 * 0.3), atol=1e-6)
+    assert torch.allclose(z, x - 0.8 * 0.3 * g_hat, atol=1e-6)

@@ -184,7 +184,7 @@ def _reliable_entries(group: str) -> list[dict[str, Any]]:
         {"attack": "fab_l2", "label": "fab_t", "options": {"targeted": True}, "quantize_mode": "attack"},
         {"attack": "square_l2", "label": "square", "options": {"queries": 5000}, "budgets": budgets[-1:]},
         {"attack": "fmn_l2", "label": "fmn", "options": {"steps": 300}, "quantize_mode": "attack"},
-        {"attack": "bp", "label": "bp", "options": {"steps": 100}, "quantize_mode": "attack"},
+        {"attack": "bp", "label": "bp", "options": {"steps": 100, "variant": "sphere"}, "quantize_mode": "attack"},
         {"attack": "ddn", "label": "ddn", "options": {"steps": 300}, "quantize_mode": "attack"},
     ]
 
