@@ -13,29 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from .models import build_model
 from .models.factory import BUILTIN
-
-
-@dataclass
-class Recipe:
-    """One zoo member: a factory model trained with Adam on the embedded MNIST (optionally
-    adversarially: ``attack`` with ``attack_options``, loss mixed 50/50 with the clean one)."""
-
-    model: str
-    seed: int = 0
-    epochs: int = 6
-    lr: float = 1e-3
-    batch_size: int = 64
-    attack: str | None = None
-    attack_options: dict[str, Any] = field(default_factory=dict)
+from .training.plain_loop import Recipe, train_plain
 
 
 ZOO: dict[str, Recipe] = {
@@ -45,46 +29,24 @@ ZOO: dict[str, Recipe] = {
     "lenet": Recipe("lenet", epochs=6),
     "mlp": Recipe("mlp", epochs=10),
     "resnet": Recipe("timm:resnet10t", epochs=2),
-    "c4_pgd": Recipe("c4", seed=3, epochs=4, attack="pgd_linf", attack_options={"eps": 0.2, "steps": 3}),
+    "c4_pgd": Recipe("c4", seed=3, epochs=4, attack="pgd_linf", attack_options={"eps": 0.2, "steps": 3},
+                     adv_weight=0.5),
 }
 
 
-def _loader(train: bool, batch_size: int, seed: int, limit: int | None):
+def train_member(recipe: Recipe, limit: int | None = None, progress: bool = True) -> tuple[torch.nn.Module, float]:
+    """Train one member with the plain loop (``training/plain_loop.py``); returns (model in eval
+    mode, accuracy on the embedded MNIST test split, its first ``limit`` images when given)."""
     from torch.utils.data import DataLoader, Subset
 
     from .data import build_datamodule
-    dm = build_datamodule("mnist_embedded", batch_size=batch_size, seed=0)
+    model = train_plain(recipe, limit=limit, progress=progress)
+    dm = build_datamodule(recipe.dataset, batch_size=500, seed=0)
     dm.setup()
-    ds = dm.train_set if train else dm.test_set
-    if limit is not None:
-        ds = Subset(ds, range(min(limit, len(ds))))
-    return DataLoader(ds, batch_size=batch_size, shuffle=train, generator=torch.Generator().manual_seed(seed))
-
-
-def train_member(recipe: Recipe, limit: int | None = None, progress: bool = True) -> tuple[torch.nn.Module, float]:
-    """Train one member; returns (model in eval mode, test accuracy)."""
-    from tqdm.auto import tqdm
-
-    from .training.inner_attack import adversarial_loss, build_inner_attack
-    torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model, num_classes=10)
-    attack = build_inner_attack(recipe.attack, recipe.attack_options) if recipe.attack else None
-    opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    loader = _loader(True, recipe.batch_size, recipe.seed, limit)
-    for _ in tqdm(range(recipe.epochs), desc=recipe.model, leave=False, disable=not progress):
-        for x, y in loader:
-            model.train()
-            if attack is None:
-                loss = F.cross_entropy(model(x), y)
-            else:
-                loss, _ = adversarial_loss(model, x, attack(model, x, y).x_adv, y, adv_weight=0.5)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    model.eval()
+    test = dm.test_set if limit is None else Subset(dm.test_set, range(min(limit, len(dm.test_set))))
     right = total = 0
     with torch.no_grad():
-        for x, y in _loader(False, 500, 0, limit):
+        for x, y in DataLoader(test, batch_size=500):
             right += int((model(x).argmax(1) == y).sum())
             total += len(y)
     return model, right / max(total, 1)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from ..data import build_datamodule
 from ..models import build_model
@@ -45,23 +46,32 @@ class Recipe:
 
 
 def train_plain(recipe: Recipe, log: bool = False,
-                on_epoch_end: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
+                on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+                limit: int | None = None, progress: bool = False) -> nn.Module:
     """Adam on ``recipe.dataset``'s train split; with an attack, after ``clean_epochs`` clean epochs,
     every batch is replaced by (or mixed with, ``adv_weight < 1``) its adversarial examples crafted on
     the current model (eval mode).
 
     ``on_epoch_end(epochs_done, model)`` runs after each epoch (the model after k epochs is the
-    model of the same recipe with ``epochs=k``: snapshots)."""
+    model of the same recipe with ``epochs=k``: snapshots). ``limit``: train on the first ``limit``
+    training images only (tiny models for tests); ``progress``: a progress bar over the epochs."""
+    from tqdm.auto import tqdm
+
     torch.manual_seed(recipe.seed)
     dm = build_datamodule(recipe.dataset, batch_size=recipe.batch_size, seed=0)
     dm.setup()
     model = build_model(recipe.model, num_classes=10)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     attack = build_inner_attack(recipe.attack, recipe.attack_options) if recipe.attack else None
-    for epoch in range(recipe.epochs):
+    if limit is None:
+        loader = dm.train_dataloader()
+    else:
+        loader = DataLoader(Subset(dm.train_set, range(min(limit, len(dm.train_set)))), batch_size=recipe.batch_size,
+                            shuffle=True, generator=torch.Generator().manual_seed(recipe.seed))
+    for epoch in tqdm(range(recipe.epochs), desc=recipe.model, leave=False, disable=not progress):
         t0, seen, right = time.perf_counter(), 0, 0
         model.train()
-        for x, y in dm.train_dataloader():
+        for x, y in loader:
             if attack is None or epoch < recipe.clean_epochs:
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
