@@ -31,20 +31,18 @@ def test_bp20_less_distortion_than_ddn20_on_common_successes(bp_ddn_20):
     assert float(bp.l2[both].mean()) < float(ddn.l2[both].mean())
 
 
-@pytest.mark.xfail(strict=True, reason="measured DDN-20 success 0.959 (236/246) on this C4; thesis Table 5.2, "
-                                       "MNIST: DDN-20 P_suc 0.82. DDN's radius grows 5%/step from 1, so 20 steps "
-                                       "cannot reach the far images (DDN-100: 1.00)")
-def test_ddn20_succeeds_on_almost_every_image(bp_ddn_20):
-    assert float(bp_ddn_20["ddn"].success.float().mean()) >= 0.99
-
-
-@pytest.mark.xfail(strict=True, reason="measured mean L2 over each attack's own successes: BP-20 1.310 "
-                                       "(success 1.00), DDN-20 1.261 (0.959). On the 236 common successes BP-20 "
-                                       "1.234 < DDN-20 1.261; BP's mean also counts the 10 images DDN-20 fails on "
-                                       "(BP L2 3.10 there). Thesis Table 5.2, MNIST: BP-20 1.45 > DDN-20 1.40")
-def test_bp20_mean_l2_below_ddn20_over_own_successes(bp_ddn_20):
+def test_ddn20_stays_within_its_radius_schedule_and_bp20_breaks_what_it_misses(bp_ddn_20):
+    """Thesis Table 5.2, MNIST: DDN-20 "yields lower distortion ... but its probability of success is not
+    satisfying" (P_suc 0.82), BP-20 succeeds on all. The mechanism: DDN's radius starts at 1 and grows by
+    at most (1 + gamma) per step, so after 20 steps every DDN success lies within 1.05^20 = 2.65 plus the
+    final 8-bit rounding (at most 0.5/255 per pixel: sqrt(784) * 0.5/255 = 0.055 in L2); images whose
+    minimal distortion is beyond are out of its reach, and BP-20 breaks them."""
     bp, ddn = bp_ddn_20["bp"], bp_ddn_20["ddn"]
-    assert float(bp.l2[bp.success].mean()) < float(ddn.l2[ddn.success].mean())
+    reach = 1.0 * 1.05 ** 20 + 784 ** 0.5 * 0.5 / 255
+    assert float(ddn.l2[ddn.success].max()) <= reach + 1e-4
+    missed = ~ddn.success
+    if bool(missed.any()):
+        assert bool(bp.success[missed].all())
 
 
 def sweep(model, x, y, name: str, budgets: list[float], **options) -> torch.Tensor:
