@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..featspace.bound import barrier, check_quantile, plane_bounds
+from ..featspace.bound import bounded_barrier, check_quantile, plane_bounds
 from ..featspace.stats import ActivationStats, default_planes
 from .base import Attack, AttackContext, check_count, check_positive
 from .features import LayerTap, find_layers
@@ -112,8 +112,8 @@ class D2B(Attack):
         """(logits, hinge, barrier, in-bound) of iterates ``x`` of the samples ``idx``."""
         logits = ctx.forward(x)
         hinge = margin_loss(logits, labels, targets, self.confidence)
-        ratios = [b.ratio(tap[k], idx) for k, b in bounds.items()]
-        bar = sum(barrier(r, self.barrier_power) for r in ratios)
+        bars, ratios = zip(*(bounded_barrier(b, tap[k], idx, self.barrier_power) for k, b in bounds.items()))
+        bar = sum(bars)
         inside = torch.stack([r.flatten(1).amax(1) <= 1.0 for r in ratios]).all(0)
         return logits, hinge, bar, inside
 
@@ -137,7 +137,7 @@ class D2B(Attack):
             with LayerTap(ctx.model, layers) as tap, torch.set_grad_enabled(not last):
                 logits, hinge, bar, inside = self._evaluate(ctx, tap, bounds, xi, active, labels, targets)
                 if not last:
-                    (g,) = torch.autograd.grad((hinge.double() + self.barrier_weight * bar).sum(), xi)
+                    (g,) = torch.autograd.grad((hinge.double() + self.barrier_weight * bar.double()).sum(), xi)
                     ctx.grads += 1
             hinge = hinge.detach()
             better = inside & is_adversarial(logits.detach(), labels, targets) & (hinge < best_hinge[active])

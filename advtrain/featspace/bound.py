@@ -8,8 +8,9 @@ With start p, c_l = a0 - p (a0 - l), c_h = a0 + p (h - a0):
     r(a) = relu((c_l - a) / (p (a0 - l))) + relu((a - c_h) / (p (h - a0))),   barrier = sum_j r_j^N
 
 r = 0 in the central part of the interval, 1 on its ends, and r^N explodes beyond (1.1^200 = 2e8).
-All of it runs in float64; past ``R_LINEAR`` the power is continued linearly (same value and slope
-there), so value and gradient stay finite in float32 (Sec. 1.8's overflow pitfall).
+The bounds are derived in float64; past ``R_LINEAR`` the power is continued linearly (same value and
+slope there), so value and gradient stay finite in float32 (Sec. 1.8's overflow pitfall), where the
+attack computes r and the barrier.
 """
 from __future__ import annotations
 
@@ -60,17 +61,67 @@ class QuantileBound:
                                     torch.where(self.hi_open, torch.inf, a0 + w_hi),
                                     torch.where(self.lo_open, 1.0, 1.0 / w_lo),
                                     torch.where(self.hi_open, 1.0, 1.0 / w_hi)])  # c_l, c_h, 1/w_l, 1/w_h
+        self._cast: dict[torch.dtype, Tensor] = {}
 
     def ratio(self, a: Tensor, index: Tensor | None = None) -> Tensor:
-        """r per neuron (float64) for activations ``a`` of the samples ``index`` (default all); at
-        most one side is positive, so r = relu(max(lower term, upper term))."""
-        c_lo, c_hi, inv_lo, inv_hi = self._params if index is None else self._params[:, index]
-        a = a.double()
+        """r per neuron for activations ``a`` of the samples ``index`` (default all); at most one side
+        is positive, so r = relu(max(lower term, upper term)).
+
+        Computed in float64 for float64 activations, else in float32: the bounds are derived in
+        float64 once, and r only needs float32's relative precision (the in-bound test is r <= 1;
+        ``barrier`` keeps r^N finite in float32 by its linear continuation). Half the cost of
+        float64 elementwise work on the attack's every step."""
+        dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+        c_lo, c_hi, inv_lo, inv_hi = self.params(dtype, index)
+        a = a.to(dtype)
         return torch.maximum((c_lo - a) * inv_lo, (a - c_hi) * inv_hi).clamp_min(0)
+
+    def params(self, dtype: torch.dtype, index: Tensor | None = None) -> Tensor:
+        """(c_l, c_h, 1/w_l, 1/w_h) in ``dtype`` for the samples ``index`` (open sides at -/+ the
+        dtype's largest finite value: float32 never holds inf, whose 0 * inf would be NaN)."""
+        params = self._cast.get(dtype)
+        if params is None:
+            big = torch.finfo(dtype).max
+            params = self._cast[dtype] = self._params.clamp(-big, big).to(dtype)
+        return params if index is None else params[:, index]
+
+
+class _FusedBarrier(torch.autograd.Function):
+    """sum_j barrier(r_j(a_j)) per sample with its derivative in a computed in the same pass (one
+    saved tensor instead of the chain of clamps, maxima and powers autograd would record)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, c_lo: Tensor, c_hi: Tensor, inv_lo: Tensor, inv_hi: Tensor,
+                power: int) -> tuple[Tensor, Tensor]:
+        lo, hi = (c_lo - a) * inv_lo, (a - c_hi) * inv_hi
+        r = torch.maximum(lo, hi).clamp_min_(0)
+        rc = r.clamp_max(R_LINEAR)
+        rp = rc ** (power - 1)
+        slope = power * R_LINEAR ** (power - 1)
+        value = (rc * rp + slope * (r - R_LINEAR).clamp_min_(0)).flatten(1).sum(1)
+        # d value / d r: power r^(N-1) up to R_LINEAR, the slope beyond, 0 where r = 0; dr / da: -1/w_l or 1/w_h
+        dv = torch.where(r > R_LINEAR, torch.full_like(r, slope), power * rp)
+        dv = torch.where(lo > hi, -inv_lo, inv_hi).mul_(dv).mul_(r > 0)
+        ctx.save_for_backward(dv)
+        ctx.mark_non_differentiable(r)
+        return value, r
+
+    @staticmethod
+    def backward(ctx, grad_value: Tensor, grad_r: Tensor):  # noqa: ARG004 (r is not differentiable)
+        (dv,) = ctx.saved_tensors
+        return dv * grad_value.view(-1, *([1] * (dv.dim() - 1))), None, None, None, None, None
+
+
+def bounded_barrier(bound: QuantileBound, a: Tensor, index: Tensor | None = None,
+                    power: int = 200) -> tuple[Tensor, Tensor]:
+    """(``barrier(bound.ratio(a, index), power)``, the ratios r), fused: the attack's per-step path."""
+    dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+    c_lo, c_hi, inv_lo, inv_hi = bound.params(dtype, index)
+    return _FusedBarrier.apply(a.to(dtype), c_lo, c_hi, inv_lo, inv_hi, power)
 
 
 def barrier(r: Tensor, power: int = 200) -> Tensor:
-    """sum_j r_j^power per sample (float64), continued linearly beyond ``R_LINEAR``."""
+    """sum_j r_j^power per sample (in r's dtype), continued linearly beyond ``R_LINEAR``."""
     inside = r.clamp_max(R_LINEAR) ** power
     slope = power * R_LINEAR ** (power - 1)
     return (inside + slope * (r - R_LINEAR).clamp_min(0)).flatten(1).sum(1)
