@@ -21,14 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 import yaml  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
@@ -39,7 +37,7 @@ from advtrain.registry import valid_options  # noqa: E402
 from advtrain.defenses.defended import ATTACK_VIEWS, Defended  # noqa: E402
 from advtrain.evaluation import load_suite, run_suite  # noqa: E402
 from advtrain.evaluation.checkpoint import load_checkpoint  # noqa: E402
-from advtrain.evaluation.distributed import dist_info  # noqa: E402
+from advtrain.evaluation.distributed import dist_info, launch  # noqa: E402
 from advtrain.evaluation.external import load_model, safe_name  # noqa: E402
 from advtrain.evaluation.guards import check_output_dir, check_run_options  # noqa: E402
 from advtrain.evaluation.protocol import UNRESTRICTED_EXAMPLES  # noqa: E402
@@ -168,20 +166,6 @@ def evaluate(args: argparse.Namespace, job: dict) -> dict:
     return results
 
 
-def _worker(rank: int, world: int, port: int, args: argparse.Namespace, job: dict | None) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        evaluate(args, job if job is not None else prepare(args))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if "--transfer" in argv:  # its own options: advtrain/evaluation/transfer_cli.py
@@ -189,20 +173,9 @@ def main(argv: list[str] | None = None) -> None:
         return transfer_main([a for a in argv if a != "--transfer"])
     args = parse_args(argv)
     job = prepare(args)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # launched by torchrun
-        dist.init_process_group("gloo")
-        try:
-            results = evaluate(args, job)
-        finally:
-            dist.destroy_process_group()
-    elif args.procs > 1:  # fork shares the prepared job; spawn (other systems) prepares it again
-        method = "fork" if sys.platform.startswith("linux") else "spawn"
-        torch.multiprocessing.start_processes(_worker, args=(args.procs, _free_port(), args,
-                                                             job if method == "fork" else None),
-                                              nprocs=args.procs, start_method=method)
-        results = json.loads((job["out"] / "results.json").read_text())  # the workers have finished
-    else:
-        results = evaluate(args, job)
+    results = launch(evaluate, args.procs, args, job)  # torchrun's group, --procs gloo processes, or here
+    if results is None:  # the spawned processes have finished
+        results = json.loads((job["out"] / "results.json").read_text())
     exit_if_an_attack_crashed(results, job["out"])
 
 

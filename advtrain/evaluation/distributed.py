@@ -61,19 +61,18 @@ def _launched(rank: int, world: int, port: int, fn: Callable[..., Any], args: tu
         dist.destroy_process_group()
 
 
-def launch(fn: Callable[..., Any], procs: int, *args: Any) -> None:
+def launch(fn: Callable[..., Any], procs: int, *args: Any) -> Any:
     """``fn(*args)`` in the process group torchrun set up (WORLD_SIZE > 1), else on ``procs`` local
-    gloo processes (forked on Linux: they share ``args``), else here."""
+    gloo processes (forked on Linux: they share ``args``), else here. Returns ``fn``'s result, or
+    None when it ran in spawned processes (they have finished: read what they wrote)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
         try:
-            fn(*args)
+            return fn(*args)
         finally:
             dist.destroy_process_group()
-        return
     if procs <= 1:
-        fn(*args)
-        return
+        return fn(*args)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
