@@ -96,9 +96,10 @@ def reliable_available(dataset: str) -> list[dict]:
     return [e for e in entries if e["attack"] in ATTACKS]
 
 
-def madry_model(name: str, epochs: int, pgd: dict | None = None, clean_epochs: int = 0) -> tuple[nn.Module, str]:
+def madry_model(name: str, epochs: int, pgd: dict | None = None, clean_epochs: int = 0,
+                lr: float = 1e-3) -> tuple[nn.Module, str]:
     """The Madry-trained model (cached; trained now when missing) and its cache path."""
-    recipe = replace(madry_recipe(name, epochs, **(pgd or {})), clean_epochs=clean_epochs)
+    recipe = replace(madry_recipe(name, epochs, **(pgd or {})), clean_epochs=clean_epochs, lr=lr)
     path = CACHE / f"{recipe.key()}.pt"
     if not path.is_file():
         print(f"training {recipe.key()} (cached in {CACHE}) ...", flush=True)
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pgd-steps", type=int, default=None, help="cheaper recipe: inner PGD steps (default 40)")
     p.add_argument("--pgd-alpha", type=float, default=None, help="cheaper recipe: inner PGD step (default 0.01)")
     p.add_argument("--clean-epochs", type=int, default=0, help="clean epochs before adversarial training")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate of the recipe (LeNet: 1e-4)")
     p.add_argument("--suite", default="reliable", help="reliable (default) or any suite name/file")
     p.add_argument("--peer-steps", type=int, default=1000)
     p.add_argument("--no-peers", action="store_true")
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
 
     pgd = {k: v for k, v in (("steps", args.pgd_steps), ("alpha", args.pgd_alpha)) if v is not None}
-    model, where = madry_model(args.model, args.epochs, pgd, args.clean_epochs)
+    model, where = madry_model(args.model, args.epochs, pgd, args.clean_epochs, args.lr)
     dm = build_datamodule("mnist_embedded", batch_size=args.batch, seed=0)
     dm.setup()
     xs, ys = zip(*[dm.test_set[i] for i in range(args.n)])
