@@ -23,7 +23,7 @@ from ..data import D_UPP
 from ..defenses.defended import Defended
 from ..models.fingerprint import weights_sha256
 from .distributed import batch_seed, broadcast, dist_info, gather, my_batches
-from .examples import EXAMPLES_FILE, UNRESTRICTED_EXAMPLES, Examples
+from .examples import ADVERSARIALS_FILE, UNRESTRICTED_EXAMPLES, Adversarials, load_adversarials, save_examples
 from .guards import (QUANTIZE_CHOICES, as_labels, check_images, check_model, check_model_on, check_output_dir,
                      check_run_options)
 from .perceptual import UNRESTRICTED, encoder_of
@@ -120,9 +120,12 @@ def _resume(out_dir: Path | None, ctx: dict, specs: list[AttackSpec]) -> dict:
     return {"context": ctx, "attacks": previous.get("attacks", {})}
 
 
-def _saved_examples(out_dir: Path | None, name: str, resumed: bool) -> Examples:
-    """Rank 0 continues the examples of the run it resumes; a fresh run and the other ranks start empty."""
-    return Examples.resume(out_dir / name if out_dir is not None and resumed and dist_info()[0] == 0 else None)
+def _resumed_adversarials(out_dir: Path | None, resumed: bool) -> dict[str, Adversarials]:
+    """The examples' stores (the suite's, the unrestricted attacks' apart): rank 0 continues those of the
+    run it resumes; a fresh run and the other ranks start empty."""
+    if out_dir is not None and resumed and dist_info()[0] == 0:
+        return load_adversarials(out_dir / ADVERSARIALS_FILE)
+    return {"suite": Adversarials(), "unrestricted": Adversarials()}
 
 
 @contextmanager
@@ -173,11 +176,12 @@ def _progress(total: int, enabled: bool) -> Iterator[Any]:
         bar.close()
 
 
-def _attack_my_batches(spec: AttackSpec, job: _Job, examples: Examples, bar: Any) -> dict:
-    """One attack on this rank's batches: the per-batch outputs (``parts``), the examples offered to
-    ``examples``, and the error that stopped it (one attack's crash must not lose the others' results)."""
+def _attack_my_batches(spec: AttackSpec, job: _Job, bar: Any) -> dict:
+    """One attack on this rank's batches: the per-batch outputs (``parts``), its least-distortion
+    adversarials (``adversarials``, of the last variant: the quantized one when both are scored), and the
+    error that stopped it (one attack's crash must not lose the others' results)."""
     t0 = time.perf_counter()
-    parts, error = [], None
+    parts, error, found = [], None, Adversarials()
     try:
         for b in job.mine:
             idx = job.batches[b]
@@ -186,7 +190,8 @@ def _attack_my_batches(spec: AttackSpec, job: _Job, examples: Examples, bar: Any
             part = attack_batch(spec, job.attack_model, job.model, x, y, job.variants, job.encoder)
             part.update(batch=b, zero_grad=zero_grad_count(spec, job.attack_model, x, y))
             v0 = job.variants[-1]
-            examples.offer(idx, x, part[v0]["best"], part[v0]["l2"], part[v0]["found"], spec.label)
+            best = part[v0]["best"]
+            found.offer(idx, x, best, part[v0]["l2"], part[v0]["found"], predict(job.model, best), spec.label)
             for v in job.variants:
                 del part[v]["best"]
             parts.append(part)
@@ -196,12 +201,14 @@ def _attack_my_batches(spec: AttackSpec, job: _Job, examples: Examples, bar: Any
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         traceback.print_exc()
-    return {"parts": parts, "error": error, "time": time.perf_counter() - t0}
+    return {"parts": parts, "error": error, "time": time.perf_counter() - t0, "adversarials": found.items}
 
 
-def _record(results: dict, spec: AttackSpec, gathered: list[dict], n: int, variants: tuple[str, ...],
-            d_upp: float, points: int) -> None:
-    """The attack's entry from every rank's output: its statistics, or the first rank's error."""
+def _record(results: dict, stores: dict[str, Adversarials], spec: AttackSpec, gathered: list[dict], n: int,
+            variants: tuple[str, ...], d_upp: float, points: int) -> None:
+    """The attack's entry from every rank's output: its statistics and its adversarials offered to the
+    examples (the unrestricted attacks' apart), or the first rank's error (and no examples: a crashed
+    attack's partial successes are in no statistic)."""
     errors = [g["error"] for g in gathered if g["error"]]
     if errors:
         results["attacks"][spec.label] = {"attack": spec.attack, "key": spec.as_dict(), "status": "error",
@@ -210,17 +217,16 @@ def _record(results: dict, spec: AttackSpec, gathered: list[dict], n: int, varia
     entry = summarize_attack(spec, [p for g in gathered for p in g["parts"]], n, variants, d_upp, points)
     entry["time_s"] = max(g["time"] for g in gathered)
     results["attacks"][spec.label] = entry
+    stores["unrestricted" if spec.family == UNRESTRICTED else "suite"].merge([g["adversarials"] for g in gathered])
 
 
-def _save(out_dir: Path | None, results: dict, examples: Examples, uexamples: Examples) -> None:
+def _save(out_dir: Path | None, results: dict, stores: dict[str, Adversarials], job: _Job) -> None:
     """results.json and the examples, by rank 0 (after every attack: a rerun continues from them)."""
     if dist_info()[0] != 0 or out_dir is None:
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "results.json", results)
-    torch.save(examples.sorted(), out_dir / EXAMPLES_FILE)
-    if uexamples.items:
-        torch.save(uexamples.sorted(), out_dir / UNRESTRICTED_EXAMPLES)
+    save_examples(out_dir, stores, results["context"]["indices"], job.x, job.y)
 
 
 def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list | Path = "full", *,
@@ -261,8 +267,7 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
     ctx = _context(model, context, dataset=dataset, n_prime=len(y_all), d_upp=d_upp, quantize=quantize, view=view,
                    seed=seed, batch_size=batch_size)
     results = _resume(out, ctx, specs)
-    examples = _saved_examples(out, EXAMPLES_FILE, bool(results["attacks"]))
-    uexamples = _saved_examples(out, UNRESTRICTED_EXAMPLES, bool(results["attacks"]))  # unrestricted: apart
+    stores = _resumed_adversarials(out, bool(results["attacks"]))
 
     with _eval_mode(model):
         check_model_on(model, x_all[:batch_size], y_all[:batch_size])
@@ -274,14 +279,10 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
         todo = _pending(specs, results)
         with _progress(len(todo) * len(job.mine), progress) as bar:
             for spec in todo:
-                mine = _attack_my_batches(spec, job, uexamples if spec.family == UNRESTRICTED else examples, bar)
-                gathered = gather({**mine, "examples": list(examples.items.values()),
-                                   "uexamples": list(uexamples.items.values())})
-                _record(results, spec, gathered, len(X), variants, d_upp, points)
-                examples.merge([g["examples"] for g in gathered])
-                uexamples.merge([g["uexamples"] for g in gathered])
+                gathered = gather(_attack_my_batches(spec, job, bar))
+                _record(results, stores, spec, gathered, len(X), variants, d_upp, points)
                 conclude(results, variants, d_upp, points)
-                _save(out, results, examples, uexamples)
+                _save(out, results, stores, job)
     if not todo:  # everything finished before: conclude what was read back
         conclude(results, variants, d_upp, points)
     return _canon(results)
