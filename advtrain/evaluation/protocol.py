@@ -4,6 +4,11 @@ Of the N' test images keep the N classified correctly (set X); per attack record
 least L2 distortion of a successful adversarial over its runs (the eps sweep of distortion
 attacks), with and without 8-bit quantization; then P_suc, D-bar, P(D), P_upp (eq. 3.1-3.2,
 ``metrics.py``), Linf, gradients and time, and the per-sample worst case over the suite.
+
+``run_suite``'s steps: check the options, model and images; read back the finished attacks of the
+output folder (``resume.py``); the set X; per pending attack, this rank's batches (``sweep.py``),
+gathered into its entry; the conclusion (worst case and sanity checks, ``worst_case.py``) once per
+finished attack; results.json and the examples (``examples.py``) saved after each.
 """
 from __future__ import annotations
 
@@ -246,7 +251,8 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
         view: for a ``Defended`` model, what the attacks differentiate: ``"bpda"`` (default; non-
             differentiable defenses get BPDA), ``"direct"`` (no BPDA) or ``"blackbox"`` (the
             undefended model; success still scored on the defended one, thesis Table 6.2).
-        out_dir: results.json is written there after every attack; a rerun skips finished attacks.
+        out_dir: results.json and the examples (examples.pt, adversarials.pt) are written there after
+            every attack; a rerun skips finished attacks.
         context: extra provenance recorded in the results (checkpoint, defenses, ...).
     Under torch.distributed the batches are sharded across ranks; every rank returns the results.
     """

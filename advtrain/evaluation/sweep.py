@@ -88,7 +88,8 @@ def summarize_attack(spec: AttackSpec, parts: list[dict], n: int, variants: tupl
             for i, eps in enumerate(runs)] if spec.budgets is not None else []
         stats["per_sample"] = {"l2": [d if f else None for d, f in zip(l2.tolist(), found.tolist())],
                                "linf": [d if f else None for d, f in zip(linf.tolist(), found.tolist())]}
-        per = {k: torch.cat([p[v]["perceptual"][k] for p in parts]) for k in (parts[0][v]["perceptual"] if parts else [])}
+        keys = parts[0][v]["perceptual"] if parts else []
+        per = {k: torch.cat([p[v]["perceptual"][k] for p in parts]) for k in keys}
         stats["perceptual"] = summarize_perceptual(found, per)
         stats["per_sample"]["ssim"] = [d if f else None for d, f in zip(per["ssim"].tolist(), found.tolist())] \
             if "ssim" in per else []
