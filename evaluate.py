@@ -40,7 +40,7 @@ from advtrain.evaluation.checkpoint import load_checkpoint  # noqa: E402
 from advtrain.evaluation.distributed import dist_info, launch  # noqa: E402
 from advtrain.evaluation.external import load_model, safe_name  # noqa: E402
 from advtrain.evaluation.guards import check_output_dir, check_run_options  # noqa: E402
-from advtrain.evaluation.protocol import UNRESTRICTED_EXAMPLES  # noqa: E402
+from advtrain.evaluation.examples import load_rows  # noqa: E402
 from advtrain.evaluation.report import log_wandb, plot_curves, plot_examples, write_report  # noqa: E402
 
 DEFAULT_N = 1000
@@ -155,10 +155,7 @@ def evaluate(args: argparse.Namespace, job: dict) -> dict:
         write_report(results, out / "report.md")
         if any(e.get("status") == "done" for e in results["attacks"].values()):  # no curve when all crashed
             plot_curves(results, out / "curves.png")
-        examples = torch.load(out / "examples.pt", weights_only=True) if (out / "examples.pt").is_file() else []
-        if (out / UNRESTRICTED_EXAMPLES).is_file():  # the unrestricted attacks' rows, after the worst cases
-            examples += torch.load(out / UNRESTRICTED_EXAMPLES, weights_only=True)
-        plot_examples(examples, out / "examples.png")
+        plot_examples(load_rows(out), out / "examples.png")  # the unrestricted attacks' rows after the suite's
         if args.logger == "wandb":
             log_wandb(results, out)
         print((out / "report.md").read_text())

@@ -14,6 +14,9 @@ from torch import Tensor
 from ..smoothing.bilateral import DEFAULT_SIGMA_R, DEFAULT_SIGMA_S, bilateral_filter
 
 _EPS = 1e-8
+#: the least display scale s, in local deviations: one 8-bit level is ~0.013 of them on an image of
+#: deviation 0.3, so magnifications below 0.01 are float rounding in the filters, not perturbations
+MIN_SCALE = 0.01
 
 
 def adversarial_magnification(img: Tensor, beta: float = 0.8, sigma_s: float = DEFAULT_SIGMA_S,
@@ -29,21 +32,26 @@ def adversarial_magnification(img: Tensor, beta: float = 0.8, sigma_s: float = D
 
 
 def magnify(x: Tensor, x_adv: Tensor, beta: float = 0.8, sigma_s: float = DEFAULT_SIGMA_S,
-            sigma_r: float = DEFAULT_SIGMA_R, quantile: float = 0.99) -> Tensor:
+            sigma_r: float = DEFAULT_SIGMA_R, quantile: float = 0.99, min_scale: float = MIN_SCALE) -> Tensor:
     """Displayable magnification of ``x_adv`` [B, C, H, W], in [0, 1] (thesis Fig. 4.1).
 
-    mag(x_adv) is mapped by 0.5 + m / (2 s), where s (per image and channel) is the ``quantile``
-    of |mag(x)| of the clean image: ``magnify(x, x)`` shows the clean image on the same scale,
-    so a perturbation that adds local variation (noise) shows up as saturated texture, while one
-    smooth like x barely changes the picture.
+    mag(x_adv) is mapped by 0.5 + m / (2 s), where s (per image and channel) is the larger of the
+    ``quantile`` of |mag(x)| (the clean image) and of |mag(x_adv)|: ``magnify(x, x)`` shows the clean
+    image on the same scale, a perturbation that adds local variation (noise) shows up as texture,
+    one smooth like x barely changes the picture, and at most 1 - ``quantile`` of the pixels saturate.
+    (The clean image's quantile alone is 0 on flat images with sharp edges, e.g. 2-bit digits: every
+    perturbed pixel was then black or white.) s is at least ``min_scale``: no local variation (only
+    the filters' float rounding) gives mid-grey.
     """
     if x.shape != x_adv.shape or x.dim() != 4:
         raise ValueError(f"x and x_adv must be NCHW batches of the same shape, got {tuple(x.shape)} "
                          f"and {tuple(x_adv.shape)}")
     if not 0.0 < quantile <= 1.0:
         raise ValueError(f"quantile must lie in (0, 1], got {quantile}")
+    if not min_scale > 0.0:
+        raise ValueError(f"min_scale must be > 0, got {min_scale}")
     with torch.no_grad():
         ref = adversarial_magnification(x, beta, sigma_s, sigma_r)
-        scale = torch.quantile(ref.abs().flatten(2).float(), quantile, dim=2)[..., None, None]
         mag = adversarial_magnification(x_adv, beta, sigma_s, sigma_r)
-        return (0.5 + mag / (2 * scale.to(mag.dtype).clamp_min(_EPS))).clamp(0.0, 1.0)
+        scale = torch.maximum(*(torch.quantile(m.abs().flatten(2).float(), quantile, dim=2) for m in (ref, mag)))
+        return (0.5 + mag / (2 * scale[..., None, None].to(mag.dtype).clamp_min(min_scale))).clamp(0.0, 1.0)

@@ -4,40 +4,45 @@ Of the N' test images keep the N classified correctly (set X); per attack record
 least L2 distortion of a successful adversarial over its runs (the eps sweep of distortion
 attacks), with and without 8-bit quantization; then P_suc, D-bar, P(D), P_upp (eq. 3.1-3.2,
 ``metrics.py``), Linf, gradients and time, and the per-sample worst case over the suite.
+
+``run_suite``'s steps: check the options, model and images; read back the finished attacks of the
+output folder (``resume.py``); the set X; per pending attack, this rank's batches (``sweep.py``),
+gathered into its entry; the conclusion (worst case and sanity checks, ``worst_case.py``) once per
+finished attack; results.json and the examples (``examples.py``) saved after each.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import time
 import traceback
-import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..attacks.base import AttackContext, BestTracker, frozen_eval
-from ..attacks.norms import l2_norm, linf_norm, quantize as quantize_8bit
 from ..data import D_UPP
 from ..defenses.defended import Defended
 from ..models.fingerprint import weights_sha256
 from .distributed import batch_seed, broadcast, dist_info, gather, my_batches
+from .examples import ADVERSARIALS_FILE, UNRESTRICTED_EXAMPLES, Adversarials, load_adversarials, save_examples
 from .guards import (QUANTIZE_CHOICES, as_labels, check_images, check_model, check_model_on, check_output_dir,
                      check_run_options)
-from .metrics import least_distortion, per_sample_distortion, summarize
-from .perceptual import UNRESTRICTED, encoder_of, perceptual, summarize_perceptual
-from .sanity import failed_checks, sanity_warnings
+from .perceptual import UNRESTRICTED, encoder_of
+from .resume import previous_results, write_json
+from .resume import canon as _canon
 from .suite import AttackSpec, load_suite
+from .sweep import attack_batch, chunks, predict, summarize_attack, zero_grad_count
+from .worst_case import conclude
 
-EXAMPLES = 8  # worst-case images kept for examples.png
-UNRESTRICTED_EXAMPLES = "examples_unrestricted.pt"  # the unrestricted attacks' own rows of examples.png
+__all__ = ["run_suite", "UNRESTRICTED_EXAMPLES"]
 
 
 def _collect(dataloader: DataLoader | Any, n: int | None) -> tuple[Tensor, Tensor]:
+    """The first ``n`` (default: all) images and labels of ``dataloader``, checked."""
     xs, ys, have = [], [], 0
     for batch in dataloader:
         if not isinstance(batch, (list, tuple)) or len(batch) != 2:
@@ -59,180 +64,6 @@ def _collect(dataloader: DataLoader | Any, n: int | None) -> tuple[Tensor, Tenso
     return (x[:n], y[:n]) if n is not None else (x, y)
 
 
-def _chunks(idx: Tensor, size: int) -> list[Tensor]:
-    return list(idx.split(size)) if len(idx) else []
-
-
-def _predict(model: nn.Module, x: Tensor) -> Tensor:
-    with torch.no_grad():
-        return model(x).argmax(dim=1)
-
-
-class _Examples:
-    """The ``EXAMPLES`` images of least worst-case distortion, with the adversarial achieving it."""
-
-    def __init__(self, items: list | None = None) -> None:
-        self.items: dict[int, dict] = {it["index"]: it for it in (items or [])}
-
-    def offer(self, index: Tensor, x: Tensor, x_adv: Tensor, l2: Tensor, found: Tensor, label: str) -> None:
-        for i in found.nonzero().flatten().tolist():
-            k, d = int(index[i]), float(l2[i])
-            if k in self.items and self.items[k]["l2"] <= d:
-                continue
-            self.items[k] = {"index": k, "l2": d, "attack": label, "x": x[i].cpu(), "x_adv": x_adv[i].cpu()}
-        for k in sorted(self.items, key=lambda k: self.items[k]["l2"])[EXAMPLES:]:
-            del self.items[k]
-
-    def merge(self, others: list[list[dict]]) -> None:
-        for items in others:
-            for it in items:
-                if it["index"] not in self.items or it["l2"] < self.items[it["index"]]["l2"]:
-                    self.items[it["index"]] = it
-        for k in sorted(self.items, key=lambda k: self.items[k]["l2"])[EXAMPLES:]:
-            del self.items[k]
-
-    def sorted(self) -> list[dict]:
-        return sorted(self.items.values(), key=lambda it: it["l2"])
-
-
-def _attack_batch(spec: AttackSpec, attack_model: nn.Module, score_model: nn.Module, x: Tensor, y: Tensor,
-                  variants: tuple[str, ...], encoder: Any = None) -> dict:
-    """All runs of one attack on one batch: per variant the least-distortion success over runs."""
-    trackers = {v: BestTracker(x) for v in variants}
-    by_budget: dict[str, list[int]] = {v: [] for v in variants}
-    grads: list[int] = []
-    for eps in spec.runs():
-        if spec.quantize_mode == "post":
-            res = spec.build(eps)(attack_model, x, y)
-            grads.append(res.grads)
-            advs = {v: quantize_8bit(res.x_adv) if v == "quantized" else res.x_adv for v in variants}
-        else:
-            advs = {}
-            for v in variants:
-                res = spec.build(eps, quantize=v == "quantized")(attack_model, x, y)
-                grads.append(res.grads)
-                advs[v] = res.x_adv
-        for v, x_adv in advs.items():
-            success = _predict(score_model, x_adv) != y  # scored on the evaluated (defended) model
-            trackers[v].update(x_adv, success)
-            by_budget[v].append(int(success.sum()))
-    out: dict[str, Any] = {"grads": grads}
-    for v, t in trackers.items():
-        best, found = t.result()
-        out[v] = {"found": found.cpu(), "l2": t.best_l2.cpu(), "linf": linf_norm(best - x).cpu(),
-                  "best": best.detach(), "by_budget": by_budget[v], "perceptual": perceptual(x, best, encoder)}
-    return out
-
-
-def _zero_grad_count(spec: AttackSpec, attack_model: nn.Module, x: Tensor, y: Tensor) -> int:
-    """Images whose attack-loss gradient at the clean input is exactly zero (gradient masking)."""
-    loss_fn = spec.build(spec.runs()[0]).loss_fn
-    with frozen_eval(attack_model), torch.enable_grad():
-        _, _, g = AttackContext(attack_model, x, y, None, loss_fn).loss_and_grad(x)
-    return int((l2_norm(g) == 0).sum())
-
-
-def _finite(v: float) -> float | None:
-    return None if v is None or (isinstance(v, float) and (math.isnan(v) or math.isinf(v))) else v
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return _finite(obj) if isinstance(obj, float) else obj
-
-
-def _canon(obj: Any) -> Any:
-    """As it reads back from JSON (for comparisons with a previous results.json)."""
-    return json.loads(json.dumps(_jsonable(obj)))
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=1))
-    tmp.replace(path)
-
-
-def _summarize_attack(spec: AttackSpec, parts: list[dict], n: int, variants: tuple[str, ...], d_upp: float,
-                      points: int) -> dict:
-    """Assemble the per-batch outputs of all ranks (sorted by batch) into the attack's entry."""
-    parts = sorted(parts, key=lambda p: p["batch"])
-    sizes = [len(p[variants[0]]["found"]) for p in parts]
-    entry: dict[str, Any] = {
-        "attack": spec.attack, "family": spec.family, "key": spec.as_dict(), "status": "done",
-        "grads": sum(sum(p["grads"]) * s for p, s in zip(parts, sizes)) / max(n, 1),
-        "grads_per_run": max((g for p in parts for g in p["grads"]), default=0),
-        "zero_grad_rate": sum(p["zero_grad"] for p in parts) / max(n, 1),
-    }
-    for v in variants:
-        found = torch.cat([p[v]["found"] for p in parts]) if parts else torch.zeros(0, dtype=torch.bool)
-        l2 = torch.cat([p[v]["l2"] for p in parts]).double() if parts else torch.zeros(0)
-        linf = torch.cat([p[v]["linf"] for p in parts]).double() if parts else torch.zeros(0)
-        stats = summarize(found, l2, d_upp, points)
-        stats["linf_mean"] = float(linf[found].mean()) if bool(found.any()) else float("nan")
-        runs = spec.runs()
-        stats["p_suc_by_budget"] = [
-            {"eps": eps, "p_suc": sum(p[v]["by_budget"][i] for p in parts) / max(n, 1)}
-            for i, eps in enumerate(runs)] if spec.budgets is not None else []
-        stats["per_sample"] = {"l2": [d if f else None for d, f in zip(l2.tolist(), found.tolist())],
-                               "linf": [d if f else None for d, f in zip(linf.tolist(), found.tolist())]}
-        per = {k: torch.cat([p[v]["perceptual"][k] for p in parts]) for k in (parts[0][v]["perceptual"] if parts else [])}
-        stats["perceptual"] = summarize_perceptual(found, per)
-        stats["per_sample"]["ssim"] = [d if f else None for d, f in zip(per["ssim"].tolist(), found.tolist())] \
-            if "ssim" in per else []
-        entry[v] = stats
-    return entry
-
-
-def _worst_case(attacks: dict, variants: tuple[str, ...], n: int, d_upp: float, points: int) -> dict:
-    """Per image, the least distortion any attack of the suite needed (thesis 3.3.2 over attacks)."""
-    done = {k: e for k, e in attacks.items() if e.get("status") == "done"}
-    out = {}
-    for v in variants:
-        if not done:
-            continue
-        runs = [per_sample_distortion(e[v]) for e in done.values()]
-        success, dist = least_distortion(torch.stack([s for s, _ in runs]), torch.stack([d for _, d in runs]))
-        best_attack = torch.stack([d for _, d in runs]).argmin(dim=0)
-        labels = list(done)
-        stats = summarize(success, dist, d_upp, points)
-        stats["by_attack"] = {lab: int(((best_attack == i) & success).sum()) for i, lab in enumerate(labels)}
-        stats["per_sample"] = {"l2": [d if f else None for d, f in zip(dist.tolist(), success.tolist())]}
-        out[v] = stats
-    return out
-
-
-#: context entries that say where, not what: a rerun may change them and keep the finished results
-PROVENANCE = ("checkpoint",)
-_WHAT = {"model_sha256": "model weights", "n_prime": "number of test images n"}
-
-
-def _previous_results(path: Path, ctx: dict, specs: list[AttackSpec]) -> dict:
-    """Finished attacks of an earlier run into the same folder, when it evaluated the same model with
-    the same settings; otherwise ``{"error": ...}``: finished results are never mixed nor overwritten."""
-    if not path.is_file():
-        return {"attacks": {}}
-    keep = "they are kept; choose another output folder (or move them away)"
-    try:
-        old = json.loads(path.read_text())
-        old_ctx, old_attacks = old["context"], old["attacks"]
-        assert isinstance(old_ctx, dict) and isinstance(old_attacks, dict)
-    except (ValueError, KeyError, TypeError, AssertionError, OSError):
-        return {"error": f"{path} is not a readable results.json of run_suite: {keep}"}
-    new = _canon(ctx)
-    differ = [_WHAT.get(k, k) for k in new if k not in PROVENANCE and old_ctx.get(k) != new[k]]
-    if differ:
-        return {"error": f"{path.parent} holds results of another evaluation (different {', '.join(differ)}): {keep}"}
-    done = {k: e for k, e in old_attacks.items() if isinstance(e, dict) and e.get("status") == "done"}
-    changed = [s.label for s in specs if s.label in done and done[s.label].get("key") != _canon(s.as_dict())]
-    if changed:
-        return {"error": f"{path.parent} holds finished results of {', '.join(changed)} with other attack options: "
-                         f"give the changed entries new labels or {keep.split('; ')[1]}"}
-    return {"attacks": done}
-
-
 def _provision(specs: list[AttackSpec], model: nn.Module, dataset: str, context: dict | None,
                out_dir: str | Path | None) -> list[AttackSpec]:
     """Unrestricted entries without their fitted files (D2B statistics, FSA encoder/decoder) get
@@ -244,6 +75,163 @@ def _provision(specs: list[AttackSpec], model: nn.Module, dataset: str, context:
     options = [provision(s.attack, s.options, model, dataset, where) if s.family == UNRESTRICTED else s.options
                for s in specs] if dist_info()[0] == 0 else None
     return [dataclasses.replace(s, options=o) for s, o in zip(specs, broadcast(options))]
+
+
+@dataclass
+class _Job:
+    """What every attack of a run shares: the models, the N' images, the set X in batches (indices
+    into the images) and the batches this rank computes."""
+
+    model: nn.Module         # the evaluated model: success is scored on it
+    attack_model: nn.Module  # what the attacks differentiate (the model, its BPDA or black-box view)
+    x: Tensor
+    y: Tensor
+    batches: list[Tensor]
+    mine: list[int]
+    seed: int
+    variants: tuple[str, ...]
+    encoder: Any
+
+
+def _default_d_upp(dataset: str, d_upp: float | None) -> float:
+    """``d_upp``, or the dataset's (thesis Table 5.2)."""
+    if d_upp is not None:
+        return d_upp
+    if dataset not in D_UPP:
+        raise ValueError(f"no default D_upp for dataset {dataset!r}; pass d_upp (known: {', '.join(D_UPP)})")
+    return D_UPP[dataset]
+
+
+def _context(model: nn.Module, context: dict | None, *, dataset: str, n_prime: int, d_upp: float, quantize: str,
+             view: str, seed: int, batch_size: int) -> dict:
+    """results["context"]: the caller's provenance, the run's settings, the defenses and the weights' hash
+    (what a rerun must match to continue)."""
+    defended = isinstance(model, Defended)
+    return {**(context or {}), "dataset": dataset, "n_prime": n_prime, "d_upp": d_upp, "quantize": quantize,
+            "view": view if defended else "plain", "seed": seed, "batch_size": batch_size,
+            "defenses": [repr(d) for d in model.defenses] if defended else [],
+            "bpda_approximated": model.approximated if defended and view == "bpda" else [],
+            "model_sha256": weights_sha256(model)}
+
+
+def _resume(out_dir: Path | None, ctx: dict, specs: list[AttackSpec]) -> dict:
+    """The results to continue: the finished attacks of ``out_dir``'s results.json when it evaluated the
+    same model with the same settings (read by rank 0, shared with all); an error otherwise."""
+    previous = previous_results(out_dir / "results.json", ctx, specs) \
+        if out_dir is not None and dist_info()[0] == 0 else {}
+    previous = broadcast(previous)
+    if previous.get("error"):
+        raise ValueError(previous["error"])
+    return {"context": ctx, "attacks": previous.get("attacks", {})}
+
+
+def _resumed_adversarials(out_dir: Path | None, resumed: bool) -> dict[str, Adversarials]:
+    """The examples' stores (the suite's, the unrestricted attacks' apart): rank 0 continues those of the
+    run it resumes; a fresh run and the other ranks start empty."""
+    if out_dir is not None and resumed and dist_info()[0] == 0:
+        return load_adversarials(out_dir / ADVERSARIALS_FILE)
+    return {"suite": Adversarials(), "unrestricted": Adversarials()}
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside, every submodule's training flag restored after (also on errors)."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _clean_set(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, seed: int) -> Tensor:
+    """The set X: indices (sorted, on the CPU) of the images classified correctly without attack,
+    computed sharded and gathered on every rank."""
+    batches = chunks(torch.arange(len(y)), batch_size)
+    correct = []
+    for b in my_batches(len(batches)):
+        idx = batches[b]
+        torch.manual_seed(batch_seed(seed, "clean", b))
+        correct.append(idx[(predict(model, x[idx]) == y[idx]).cpu()])
+    kept = torch.cat([c for r in gather(correct) for c in r] or [torch.zeros(0, dtype=torch.long)])
+    return kept.sort().values.cpu()
+
+
+def _pending(specs: list[AttackSpec], results: dict) -> list[AttackSpec]:
+    """The attacks still to run (rank 0 names the ones a previous run finished)."""
+    todo = [s for s in specs if s.label not in results["attacks"]]
+    for s in specs:
+        if s not in todo and dist_info()[0] == 0:
+            print(f"[run_suite] {s.label}: finished in a previous run, skipped")
+    return todo
+
+
+@contextmanager
+def _progress(total: int, enabled: bool) -> Iterator[Any]:
+    """A tqdm bar over ``total`` batches on rank 0 when ``enabled``, else None."""
+    if not enabled or dist_info()[0] != 0:
+        yield None
+        return
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total, desc="attacks", unit="batch")
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _attack_my_batches(spec: AttackSpec, job: _Job, bar: Any) -> dict:
+    """One attack on this rank's batches: the per-batch outputs (``parts``), its least-distortion
+    adversarials (``adversarials``, of the last variant: the quantized one when both are scored), and the
+    error that stopped it (one attack's crash must not lose the others' results)."""
+    t0 = time.perf_counter()
+    parts, error, found = [], None, Adversarials()
+    try:
+        for b in job.mine:
+            idx = job.batches[b]
+            x, y = job.x[idx], job.y[idx]
+            torch.manual_seed(batch_seed(job.seed, spec.label, b))
+            part = attack_batch(spec, job.attack_model, job.model, x, y, job.variants, job.encoder)
+            part.update(batch=b, zero_grad=zero_grad_count(spec, job.attack_model, x, y))
+            v0 = job.variants[-1]
+            best = part[v0]["best"]
+            found.offer(idx, x, best, part[v0]["l2"], part[v0]["found"], predict(job.model, best), spec.label)
+            for v in job.variants:
+                del part[v]["best"]
+            parts.append(part)
+            if bar is not None:
+                bar.set_description(spec.label)
+                bar.update(1)
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+        traceback.print_exc()
+    return {"parts": parts, "error": error, "time": time.perf_counter() - t0, "adversarials": found.items}
+
+
+def _record(results: dict, stores: dict[str, Adversarials], spec: AttackSpec, gathered: list[dict], n: int,
+            variants: tuple[str, ...], d_upp: float, points: int) -> None:
+    """The attack's entry from every rank's output: its statistics and its adversarials offered to the
+    examples (the unrestricted attacks' apart), or the first rank's error (and no examples: a crashed
+    attack's partial successes are in no statistic)."""
+    errors = [g["error"] for g in gathered if g["error"]]
+    if errors:
+        results["attacks"][spec.label] = {"attack": spec.attack, "key": spec.as_dict(), "status": "error",
+                                          "error": errors[0]}
+        return
+    entry = summarize_attack(spec, [p for g in gathered for p in g["parts"]], n, variants, d_upp, points)
+    entry["time_s"] = max(g["time"] for g in gathered)
+    results["attacks"][spec.label] = entry
+    stores["unrestricted" if spec.family == UNRESTRICTED else "suite"].merge([g["adversarials"] for g in gathered])
+
+
+def _save(out_dir: Path | None, results: dict, stores: dict[str, Adversarials], job: _Job) -> None:
+    """results.json and the examples, by rank 0 (after every attack: a rerun continues from them)."""
+    if dist_info()[0] != 0 or out_dir is None:
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "results.json", results)
+    save_examples(out_dir, stores, results["context"]["indices"], job.x, job.y)
 
 
 def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list | Path = "full", *,
@@ -263,127 +251,44 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
         view: for a ``Defended`` model, what the attacks differentiate: ``"bpda"`` (default; non-
             differentiable defenses get BPDA), ``"direct"`` (no BPDA) or ``"blackbox"`` (the
             undefended model; success still scored on the defended one, thesis Table 6.2).
-        out_dir: results.json is written there after every attack; a rerun skips finished attacks.
+        out_dir: results.json and the examples (examples.pt, adversarials.pt) are written there after
+            every attack; a rerun skips finished attacks.
         context: extra provenance recorded in the results (checkpoint, defenses, ...).
     Under torch.distributed the batches are sharded across ranks; every rank returns the results.
     """
     check_run_options(n=n, d_upp=d_upp, quantize=quantize, view=view, batch_size=batch_size, seed=seed,
                       points=points)
     check_model(model)
-    if d_upp is None:
-        if dataset not in D_UPP:
-            raise ValueError(f"no default D_upp for dataset {dataset!r}; pass d_upp (known: {', '.join(D_UPP)})")
-        d_upp = D_UPP[dataset]
+    d_upp = _default_d_upp(dataset, d_upp)
     variants = QUANTIZE_CHOICES[quantize]
     specs = load_suite(suite, dataset)
-    defended = isinstance(model, Defended)
-    attack_model = model.attack_view(view, approx) if defended else model
+    attack_model = model.attack_view(view, approx) if isinstance(model, Defended) else model
     specs = _provision(specs, attack_model, dataset, context, out_dir)
-    encoder = encoder_of(specs)
-    approximated = model.approximated if defended and view == "bpda" else []
-    rank, world = dist_info()
-    if out_dir is not None:  # every rank: one refusing alone would leave the others waiting
-        check_output_dir(out_dir)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:  # every rank: one refusing alone would leave the others waiting
+        check_output_dir(out)
     x_all, y_all = _collect(dataloader, n)
     device = next(iter(model.parameters()), torch.zeros(0)).device
     x_all, y_all = x_all.to(device), y_all.to(device)
+    ctx = _context(model, context, dataset=dataset, n_prime=len(y_all), d_upp=d_upp, quantize=quantize, view=view,
+                   seed=seed, batch_size=batch_size)
+    results = _resume(out, ctx, specs)
+    stores = _resumed_adversarials(out, bool(results["attacks"]))
 
-    ctx = {**(context or {}), "dataset": dataset, "n_prime": len(y_all), "d_upp": d_upp, "quantize": quantize,
-           "view": view if defended else "plain", "seed": seed, "batch_size": batch_size,
-           "defenses": [repr(d) for d in model.defenses] if defended else [], "bpda_approximated": approximated,
-           "model_sha256": weights_sha256(model)}
-    out_path = Path(out_dir) / "results.json" if out_dir is not None else None
-    previous = _previous_results(out_path, ctx, specs) if rank == 0 and out_path is not None else {}
-    previous = broadcast(previous)
-    if previous.get("error"):
-        raise ValueError(previous["error"])
-    results = {"context": ctx, "attacks": previous.get("attacks", {})}
-    examples = _Examples()
-    if rank == 0 and out_dir is not None and (Path(out_dir) / "examples.pt").is_file() and results["attacks"]:
-        try:
-            examples = _Examples(torch.load(Path(out_dir) / "examples.pt", weights_only=True))
-        except (RuntimeError, EOFError, OSError, ValueError):
-            warnings.warn(f"{Path(out_dir) / 'examples.pt'} is unreadable: examples.png shows this run's only")
-    uexamples = _Examples()  # unrestricted attacks' examples apart (UNRESTRICTED_EXAMPLES)
-    if rank == 0 and out_dir is not None and (Path(out_dir) / UNRESTRICTED_EXAMPLES).is_file() and results["attacks"]:
-        try:
-            uexamples = _Examples(torch.load(Path(out_dir) / UNRESTRICTED_EXAMPLES, weights_only=True))
-        except (RuntimeError, EOFError, OSError, ValueError):
-            warnings.warn(f"{Path(out_dir) / UNRESTRICTED_EXAMPLES} is unreadable: examples.png shows this run's only")
-
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    with _eval_mode(model):
         check_model_on(model, x_all[:batch_size], y_all[:batch_size])
-        # the set X: images classified correctly without attack
-        batches = _chunks(torch.arange(len(y_all)), batch_size)
-        correct = []
-        for b in my_batches(len(batches)):
-            idx = batches[b]
-            torch.manual_seed(batch_seed(seed, "clean", b))
-            correct.append(idx[(_predict(model, x_all[idx]) == y_all[idx]).cpu()])
-        kept = torch.cat([c for r in gather(correct) for c in r] or [torch.zeros(0, dtype=torch.long)])
-        X = kept.sort().values.cpu()
+        X = _clean_set(model, x_all, y_all, batch_size, seed)
         results["context"].update(n=len(X), accuracy=len(X) / max(len(y_all), 1), indices=X.tolist())
-        batches = _chunks(X, batch_size)
-        mine = my_batches(len(batches))
-
-        todo = [s for s in specs if s.label not in results["attacks"]]
-        for s in specs:
-            if s not in todo and rank == 0:
-                print(f"[run_suite] {s.label}: finished in a previous run, skipped")
-        bar = None
-        if progress and rank == 0:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=len(todo) * len(mine), desc="attacks", unit="batch")
-        for spec in todo:
-            t0 = time.perf_counter()
-            parts, error = [], None
-            try:
-                for b in mine:
-                    idx = batches[b]
-                    x, y = x_all[idx], y_all[idx]
-                    torch.manual_seed(batch_seed(seed, spec.label, b))
-                    part = _attack_batch(spec, attack_model, model, x, y, variants, encoder)
-                    part.update(batch=b, zero_grad=_zero_grad_count(spec, attack_model, x, y))
-                    v0 = variants[-1]
-                    (uexamples if spec.family == UNRESTRICTED else examples).offer(idx, x, part[v0]["best"], part[v0]["l2"], part[v0]["found"], spec.label)
-                    for v in variants:
-                        del part[v]["best"]
-                    parts.append(part)
-                    if bar is not None:
-                        bar.set_description(spec.label)
-                        bar.update(1)
-            except Exception as e:  # one attack's crash must not lose the others' results
-                error = f"{type(e).__name__}: {e}"
-                traceback.print_exc()
-            gathered = gather({"parts": parts, "error": error, "time": time.perf_counter() - t0,
-                               "examples": list(examples.items.values()),
-                               "uexamples": list(uexamples.items.values())})
-            errors = [g["error"] for g in gathered if g["error"]]
-            if errors:
-                results["attacks"][spec.label] = {"attack": spec.attack, "key": spec.as_dict(), "status": "error",
-                                                  "error": errors[0]}
-            else:
-                entry = _summarize_attack(spec, [p for g in gathered for p in g["parts"]], len(X), variants,
-                                          d_upp, points)
-                entry["time_s"] = max(g["time"] for g in gathered)
-                results["attacks"][spec.label] = entry
-            examples.merge([g["examples"] for g in gathered])
-            uexamples.merge([g["uexamples"] for g in gathered])
-            results["worst_case"] = _worst_case(results["attacks"], variants, len(X), d_upp, points)
-            results["warnings"], results["failed_checks"] = sanity_warnings(results), failed_checks(results)
-            if rank == 0 and out_path is not None:
-                out_path.parent.mkdir(parents=True, exist_ok=True)
-                _write_json(out_path, results)
-                torch.save(examples.sorted(), Path(out_dir) / "examples.pt")
-                if uexamples.items:
-                    torch.save(uexamples.sorted(), Path(out_dir) / UNRESTRICTED_EXAMPLES)
-        if bar is not None:
-            bar.close()
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-    results["worst_case"] = _worst_case(results["attacks"], variants, len(X), d_upp, points)
-    results["warnings"], results["failed_checks"] = sanity_warnings(results), failed_checks(results)
+        batches = chunks(X, batch_size)
+        job = _Job(model, attack_model, x_all, y_all, batches, my_batches(len(batches)), seed, variants,
+                   encoder_of(specs))
+        todo = _pending(specs, results)
+        with _progress(len(todo) * len(job.mine), progress) as bar:
+            for spec in todo:
+                gathered = gather(_attack_my_batches(spec, job, bar))
+                _record(results, stores, spec, gathered, len(X), variants, d_upp, points)
+                conclude(results, variants, d_upp, points)
+                _save(out, results, stores, job)
+    if not todo:  # everything finished before: conclude what was read back
+        conclude(results, variants, d_upp, points)
     return _canon(results)

@@ -1,5 +1,5 @@
 """Outputs of an evaluation: report.md (the table), curves.png (operating characteristics, thesis
-Fig. 5.4 style), examples.png (original / adversarial / perturbation of the worst cases), wandb."""
+Fig. 5.4 style), examples.png (clean / adversarial / perturbation of the easiest and hardest images), wandb."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -124,35 +124,48 @@ def plot_curves(results: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
-def _perturbation_image(x: Tensor, x_adv: Tensor) -> tuple[Tensor, str]:
-    """Adversarial magnification of x_adv (``magnify.py``, thesis 4.5 eq. 4.16) when available,
-    else the perturbation scaled to [0, 1]; with the column title."""
-    try:
-        from .magnify import magnify
-    except ImportError:
-        delta = x_adv - x
-        return (0.5 + delta / (2 * delta.abs().max().clamp_min(1e-12))).clamp(0, 1), "scaled perturbation"
-    return magnify(x[None], x_adv[None])[0], "magnified (eq. 4.16)"
+def perturbation_panel(delta: Tensor) -> tuple[Tensor, str]:
+    """The perturbation ``delta`` [C, H, W] shown as 0.5 + k delta with k = 0.5 / max |delta| (mid-grey
+    is no change; only the largest change reaches black or white), with its title naming k; a zero
+    perturbation is plain mid-grey."""
+    peak = float(delta.abs().max()) if delta.numel() else 0.0
+    if peak == 0.0:
+        return torch.full_like(delta, 0.5), "zero perturbation"
+    k = 0.5 / peak
+    return (0.5 + k * delta).clamp(0, 1), f"perturbation x{k:.3g}"
 
 
-def plot_examples(examples: list[dict], path: str | Path) -> None:
-    """examples.png: rows = the worst cases (images of least worst-case distortion over the suite,
-    with the adversarial that achieved it), columns = original, adversarial, magnification."""
+def plot_examples(rows: list[dict], path: str | Path) -> None:
+    """examples.png: one row per image (``examples.Adversarials.rows``: the easiest, the hardest and
+    unbroken images); columns: the clean image with its true label, the adversarial with the model's
+    prediction on it and its L2, the perturbation magnified by a factor it names, and the adversarial
+    magnification of thesis 4.5 (eq. 4.16)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = max(len(examples), 1)
-    fig, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows), squeeze=False)
+    from .magnify import magnify
+
+    fig, axes = plt.subplots(max(len(rows), 1), 4, figsize=(8, 2.1 * max(len(rows), 1)), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for r, ex in enumerate(examples):
-        x, x_adv = ex["x"].float(), ex["x_adv"].float()
-        for c, (img, title) in enumerate([(x, f"#{ex['index']}"), (x_adv, f"{ex['attack']} D={ex['l2']:.2f}"),
-                                          _perturbation_image(x, x_adv)]):
+    for r, row in enumerate(rows):
+        x = row["x"].float()
+        panels = [(x, f"{row.get('kind', '')} #{row['index']}\ntrue {row.get('label', '?')}")]
+        if row.get("x_adv") is None:
+            panels.append((None, "not broken\nby any attack"))
+        else:
+            x_adv = row["x_adv"].float()
+            panels += [(x_adv, f"{row['attack']}: pred {row.get('pred', '?')}\nL2 = {row['l2']:.3g}"),
+                       perturbation_panel(x_adv - x),
+                       (magnify(x[None], x_adv[None])[0], "magnified (eq. 4.16)")]
+        for c, (img, title) in enumerate(panels):
+            ax = axes[r, c]
+            ax.set_title(title, fontsize=8)
+            if img is None:
+                continue
             arr = img.permute(1, 2, 0).squeeze(-1).numpy()
-            axes[r, c].imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1)
-            axes[r, c].set_title(title, fontsize=8)
+            ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -73,7 +73,12 @@ def sanity_warnings(results: dict) -> list[str]:
 
 def failed_checks(results: dict) -> list[str]:
     """The names of the failed checks, in order of first appearance (the report's banner)."""
-    return list(dict.fromkeys(f.check for f in sanity_checks(results)))
+    return check_names(sanity_checks(results))
+
+
+def check_names(findings: list[Finding]) -> list[str]:
+    """The checks of ``findings``, each once, in order of first appearance."""
+    return list(dict.fromkeys(f.check for f in findings))
 
 
 def _single_step_checks(done: dict, v: str) -> list[Finding]:

@@ -30,7 +30,8 @@ from ..attacks.features import find_layers
 from ..attacks.losses import get_loss
 from ..attacks.norms import l2_norm, linf_norm
 from .distributed import batch_seed, broadcast, dist_info, gather, my_batches
-from .protocol import _canon, _chunks, _predict, _write_json
+from .resume import canon as _canon, write_json as _write_json
+from .sweep import chunks as _chunks, predict as _predict
 from .suite import AttackSpec
 
 METRIC = "attack success rate (%) over the images every model classifies correctly"
