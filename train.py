@@ -43,6 +43,11 @@ class AdvTrainCLI(LightningCLI):
         skip = {"model", "dataloaders", "datamodule", "weights_only"}
         return {"fit": skip | {"train_dataloaders", "val_dataloaders"}, "validate": skip, "test": skip}
 
+    def _parse_ckpt_path(self) -> None:
+        """No: LightningCLI would replace the model options of the command line and configs by the
+        checkpoint's hyper_parameters without a word. The model is what the config says; a checkpoint of
+        another model is refused (``AdversarialTrainingModule.on_load_checkpoint``)."""
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--skip_test", type=bool, default=False, help="fit: do not test after fitting")
 

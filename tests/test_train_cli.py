@@ -13,7 +13,7 @@ def run_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=600, env={**__import__("os").environ, "WANDB_MODE": "offline"})
 
 
-def test_accuracy(stdout: str) -> float:
+def reported_test_accuracy(stdout: str) -> float:
     assert "test/acc" in stdout
     return float(stdout.split("test/acc")[1].split()[0])
 
@@ -28,12 +28,12 @@ def test_short_fit_writes_checkpoint_and_test_subcommand_reloads_it(tmp_path):
                   cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "last.ckpt").is_file()
-    acc = test_accuracy(r.stdout)
+    acc = reported_test_accuracy(r.stdout)
     assert acc > 0.7  # 20 batches of C4 already learn digits
     r = run_train("test", "--ckpt_path", str(out / "last.ckpt"), "--trainer.logger", "false",
                   "--trainer.enable_progress_bar", "false", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert test_accuracy(r.stdout) == acc
+    assert reported_test_accuracy(r.stdout) == acc
 
 
 @pytest.mark.parametrize("args,msg", [
