@@ -25,7 +25,7 @@ from ..attacks.norms import l2_norm, linf_norm, quantize as quantize_8bit
 from ..data import D_UPP
 from ..defenses.defended import Defended
 from ..models.fingerprint import weights_sha256
-from .distributed import batch_seed, broadcast, dist_info, gather, my_batches
+from ..distributed import batch_seed, broadcast, dist_info, gather, my_batches
 from .guards import (QUANTIZE_CHOICES, as_labels, check_images, check_model, check_model_on, check_output_dir,
                      check_run_options)
 from .metrics import least_distortion, per_sample_distortion, summarize

@@ -15,8 +15,8 @@ from torchmetrics import CatMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..attacks import Attack
+from ..distributed import dist_info
 from ..evaluation.metrics import attack_stats
-from ..evaluation.distributed import dist_info
 
 
 class RobustnessMetrics(nn.Module):
