@@ -42,9 +42,7 @@ def test_short_fit_writes_checkpoint_and_test_subcommand_reloads_it(tmp_path):
     (["--data.dataset", "cifar10", "--data.root", "/nonexistent/cifar"], "/nonexistent/cifar"),
     (["--model.no_such_key", "1"], "no_such_key"),
     (["--ckpt_path", "/nonexistent.ckpt"], "checkpoint to resume from not found"),
-    (["fit", "--ckpt_path", "/nonexistent.ckpt"], "checkpoint to resume from not found"),
     (["validate", "--ckpt_path", "/nonexistent.ckpt"], "checkpoint to evaluate not found"),
-    (["fit", "--model.attack", "pgd_l5"], "unknown attack 'pgd_l5'"),
 ])
 def test_bad_input_is_a_short_clear_error(tmp_path, args, msg):
     r = run_train(*args, "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path), cwd=tmp_path)
