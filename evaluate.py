@@ -19,7 +19,6 @@ curves.png and examples.png to --out (default: <checkpoint folder>/eval).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -37,7 +36,7 @@ from advtrain.registry import valid_options  # noqa: E402
 from advtrain.defenses.defended import ATTACK_VIEWS, Defended  # noqa: E402
 from advtrain.evaluation import load_suite, run_suite  # noqa: E402
 from advtrain.evaluation.checkpoint import load_checkpoint  # noqa: E402
-from advtrain.evaluation.distributed import dist_info, launch  # noqa: E402
+from advtrain.distributed import dist_info, launch  # noqa: E402
 from advtrain.evaluation.external import load_model, safe_name  # noqa: E402
 from advtrain.evaluation.guards import check_output_dir, check_run_options  # noqa: E402
 from advtrain.evaluation.examples import load_rows  # noqa: E402
@@ -170,9 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         return transfer_main([a for a in argv if a != "--transfer"])
     args = parse_args(argv)
     job = prepare(args)
-    results = launch(evaluate, args.procs, args, job)  # torchrun's group, --procs gloo processes, or here
-    if results is None:  # the spawned processes have finished
-        results = json.loads((job["out"] / "results.json").read_text())
+    results = launch(evaluate, args.procs, args, job)  # rank 0's: torchrun's group, --procs processes, or here
     exit_if_an_attack_crashed(results, job["out"])
 
 

@@ -519,7 +519,7 @@ def test_two_runs_of_train_py_into_one_root_keep_both_checkpoints(tmp_path):
     first = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     kept = (tmp_path / "r" / "version_0" / "last.ckpt").read_bytes()
-    second = subprocess.run(args + ["--model.lr", "0.01"], cwd=tmp_path, capture_output=True, text=True,
+    second = subprocess.run(args + ["--optimizer.lr", "0.01"], cwd=tmp_path, capture_output=True, text=True,
                             timeout=600, env=env)
     assert second.returncode == 0, second.stderr[-2000:]
     assert (tmp_path / "r" / "version_0" / "last.ckpt").read_bytes() == kept

@@ -69,5 +69,6 @@ def test_madry_config_is_the_plain_loop_recipe():
     assert MADRY_PGD == {"eps": 0.3, "steps": 40, "alpha": 0.01, "random_start": True}
     assert (cfg["model"]["attack"], cfg["model"]["attack_options"], cfg["model"]["adv_weight"]) == \
         (recipe.attack, recipe.attack_options, recipe.adv_weight)
-    assert (cfg["model"]["lr"], cfg["data"]["batch_size"], cfg["seed_everything"]) == \
-        (recipe.lr, recipe.batch_size, recipe.seed)
+    assert (cfg["optimizer"]["class_path"], cfg["optimizer"]["init_args"], cfg["lr_scheduler"]) == \
+        ("torch.optim.Adam", {"lr": recipe.lr}, None)  # plain_loop's optimizer: Adam, constant lr
+    assert (cfg["data"]["batch_size"], cfg["seed_everything"]) == (recipe.batch_size, recipe.seed)

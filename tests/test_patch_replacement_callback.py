@@ -48,7 +48,7 @@ def test_training_yaml_fits_saves_and_logs_codebooks(tmp_path):
     assert logged["patch_codebooks/val_acc_plain"] > 0.5   # 15 batches already learn digits
     assert logged["patch_codebooks/val_acc_defended"] >= logged["patch_codebooks/val_acc_plain"] - 0.1
     # the saved codebooks load onto the trained model and are refused for another architecture
-    module = AdversarialTrainingModule.load_from_checkpoint(out / "last.ckpt", map_location="cpu")
+    module = AdversarialTrainingModule.load_from_checkpoint(out / "last.ckpt", map_location="cpu", weights_only=True)
     pr = PatchReplacement.load(module.model, path)
     assert [c.layer for c in pr.layers] == ["image", "net.features.0"]
     assert pr.layers[1].strategy == "linf" and pr.layers[1].K == 32

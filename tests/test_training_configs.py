@@ -6,7 +6,9 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
+import torch
 import yaml
+from lightning.pytorch.cli import instantiate_class
 
 from advtrain.data import NamedDataModule
 from advtrain.training import AdversarialTrainingModule
@@ -23,6 +25,16 @@ def test_recipe_builds(path):
     model_cfg = {**cfg["model"], "pretrained": False}  # no weights download in tests
     module = AdversarialTrainingModule(**model_cfg)
     NamedDataModule(**cfg["data"])
+    if "optimizer" in cfg:  # LightningCLI's options (train.py): they build
+        opt = instantiate_class(module.parameters(), cfg["optimizer"])
+        assert isinstance(opt, torch.optim.Optimizer)
+        # every recipe that picks an optimizer also picks its schedule (null: constant), or it would inherit
+        # default.yaml's (lr x0.1 after epoch 7) without saying so
+        assert "lr_scheduler" in cfg, f"{path.name} sets optimizer but not lr_scheduler"
+        if cfg["lr_scheduler"] is not None:
+            instantiate_class(opt, cfg["lr_scheduler"])
+        if "SGD" in cfg["optimizer"]["class_path"]:  # thesis 3.2.2
+            assert opt.defaults["momentum"] == 0.9
     if model_cfg.get("attack"):
         assert module.attack is not None and module.hparams.adv_weight in (0.5, 1.0)
     if model_cfg.get("attack") in ("ddn", "bp"):  # thesis 5.5: clean pre-training, 20-iteration attacks

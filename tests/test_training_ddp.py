@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch.multiprocessing import ProcessRaisedException
 
 from advtrain.data import NamedDataModule
 from training_helpers import Kill, quick_fit
@@ -68,7 +69,7 @@ def test_two_process_run_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch)
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
     ref, _ = quick_fit(tmp_path / "full", callbacks=[RankSeeds()], **kw)
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
-    with pytest.raises(Exception, match="killed"):
+    with pytest.raises(ProcessRaisedException, match="RuntimeError: killed"):  # ddp_spawn re-raises a rank's error
         quick_fit(tmp_path / "run", callbacks=[RankSeeds(), Kill(7)], **kw)
     last = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 6 and len(last["advtrain"]["rng"]) == 2  # mid-epoch 2 (4 steps an epoch)

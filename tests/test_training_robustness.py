@@ -44,7 +44,8 @@ def test_adversarial_training_increases_the_distortion_needed(tmp_path, config, 
                         "false", "--skip_test", "true"],
                        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"})
     assert r.returncode == 0, r.stderr[-3000:]
-    robust = AdversarialTrainingModule.load_from_checkpoint(tmp_path / "last.ckpt", map_location="cpu").model.eval()
+    robust = AdversarialTrainingModule.load_from_checkpoint(tmp_path / "last.ckpt", map_location="cpu",
+                                                            weights_only=True).model.eval()
     xs, ys = zip(*[mnist_dm.test_set[i] for i in range(len(mnist_dm.test_set))])
     x, y = torch.stack(xs), torch.tensor(ys)
     acc_clean, acc_robust = accuracy(trained_c4, x, y), accuracy(robust, x, y)

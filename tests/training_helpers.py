@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from advtrain.data import NamedDataModule
@@ -13,8 +14,17 @@ from advtrain.training.checkpoint import ResumableCheckpoint
 
 #: a quick adversarial recipe: PGD2 with a random start (so resume must restore the RNG), cosine lr
 QUICK = dict(attack="pgd_l2", attack_options={"eps": 1.0, "steps": 2, "random_start": True},
-             clean_epochs=1, scheduler="cosine", val_attack="ddn", val_attack_options={"steps": 5},
+             clean_epochs=1, val_attack="ddn", val_attack_options={"steps": 5},
              val_subset=32, val_pgd="pgd_l2", val_pgd_options={"steps": 2})
+
+
+class CosineModule(AdversarialTrainingModule):
+    """What train.py's ``optimizer: Adam`` + ``lr_scheduler: CosineAnnealingLR`` options build (a scheduler
+    state that exact resume must restore too); a class, not a lambda, so ddp_spawn can pickle it."""
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=1e-3)
+        return [opt], [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.trainer.max_epochs)]
 
 
 def quick_fit(root: Path, module_kw: dict[str, Any] | None = None, callbacks: Sequence[Callback] = (),
@@ -22,7 +32,7 @@ def quick_fit(root: Path, module_kw: dict[str, Any] | None = None, callbacks: Se
               val_batches: int | float = 1, **trainer_kw: Any):
     """Fit C4 on ``batches`` batches per epoch of the embedded MNIST; returns (module, trainer)."""
     pl.seed_everything(0, verbose=False)
-    module = AdversarialTrainingModule(**{**QUICK, **(module_kw or {})})
+    module = CosineModule(**{**QUICK, **(module_kw or {})})
     dm = NamedDataModule("mnist_embedded", batch_size=32, eval_batch_size=64)
     ckpt = ResumableCheckpoint(dirpath=root, every_n_train_steps=3)
     trainer_kw.setdefault("logger", False)

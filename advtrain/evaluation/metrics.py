@@ -2,6 +2,8 @@
 
 Inputs are per-image tensors over the set X of correctly classified images: ``success`` (bool) and
 ``distortion`` (the least distortion of a successful adversarial; ignored where success is False).
+:class:`DistortionStats` accumulates them over batches (and processes) as a torchmetrics ``Metric``
+whose ``compute`` is :func:`summarize`.
 """
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 
 @dataclass
@@ -97,3 +101,38 @@ def summarize(success: Tensor, distortion: Tensor, d_upp: float, points: int = 2
     grid = distortion_grid(stats.d_max, points)
     curve = operating_characteristic(success, distortion, grid)
     return {**stats.as_dict(), "curve": {"d": grid.tolist(), "p": curve.tolist()}}
+
+
+class DistortionStats(Metric):
+    """:func:`summarize` over every ``update`` of a split: P_suc, D-bar, median, P_upp and P(D).
+
+    States are the per-image ``success`` and ``distortion`` tensors (``dist_reduce_fx="cat"``), so under
+    DDP ``compute`` sees every process' images (torchmetrics syncs them) and the statistics are those of
+    the whole split. A process that saw no image must still ``update`` with empty tensors before a sync.
+    ``last_values`` keeps the (synced) tensors of the last ``compute`` (for the robustness-curve callback).
+    """
+
+    full_state_update = False
+
+    def __init__(self, d_upp: float, points: int = 200, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not d_upp > 0:
+            raise ValueError(f"d_upp must be > 0, got {d_upp}")
+        self.d_upp, self.points = float(d_upp), int(points)
+        self.add_state("success", default=[], dist_reduce_fx="cat")
+        self.add_state("distortion", default=[], dist_reduce_fx="cat")
+        self.last_values: tuple[Tensor, Tensor] | None = None
+
+    def update(self, success: Tensor, distortion: Tensor) -> None:
+        """One batch: ``success`` (bool) and ``distortion`` per image of X (same length)."""
+        if success.numel() != distortion.numel():
+            raise ValueError(f"success and distortion must have the same length, got "
+                             f"{success.numel()} and {distortion.numel()}")
+        self.success.append(success.detach().flatten().bool())
+        self.distortion.append(distortion.detach().flatten().double())
+
+    def compute(self) -> dict:
+        success = dim_zero_cat(self.success) if len(self.success) else torch.zeros(0, dtype=torch.bool)
+        distortion = dim_zero_cat(self.distortion) if len(self.distortion) else torch.zeros(0, dtype=torch.float64)
+        self.last_values = (success.bool().cpu(), distortion.cpu())
+        return summarize(*self.last_values, self.d_upp, self.points)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from ..data import D_UPP
 from ..defenses.defended import Defended
 from ..models.fingerprint import weights_sha256
-from .distributed import batch_seed, broadcast, dist_info, gather, my_batches
+from ..distributed import batch_seed, broadcast, dist_info, gather, my_batches
 from .examples import ADVERSARIALS_FILE, UNRESTRICTED_EXAMPLES, Adversarials, load_adversarials, save_examples
 from .guards import (QUANTIZE_CHOICES, as_labels, check_images, check_model, check_model_on, check_output_dir,
                      check_run_options)

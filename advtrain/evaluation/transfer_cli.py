@@ -22,7 +22,7 @@ from torch import nn
 
 from ..models.imagenet_lite import LITE, efficientnet_lite_imagenet, foolbox_imagenet_samples
 from .checkpoint import load_checkpoint
-from .distributed import dist_info, launch
+from ..distributed import dist_info, launch
 from .suite import load_suite
 from .transfer import transfer_matrix
 from .transfer_report import plot_transfer, write_transfer_report

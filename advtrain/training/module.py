@@ -10,7 +10,6 @@ from torch import Tensor
 
 from ..models import build_model
 from .inner_attack import adversarial_loss, build_inner_attack, check_mix, clip_perturbation
-from .optim import build_optimizer, check_optimizer_options
 from .resume import gather_rng_states, own_rng_state, resumable_loader, set_rng_state
 from .robustness_metrics import RobustnessMetrics
 
@@ -47,15 +46,16 @@ class AdversarialTrainingModule(pl.LightningModule):
             by default); ``val_subset`` images; ``d_upp``: distortion of P_upp (thesis Table 5.2).
         val_pgd, val_pgd_options: distortion-targeted attack at a fixed budget (default eps = d_upp).
         seed: seed of the training data order (exact resume).
+
+    The optimizer and learning-rate schedule are LightningCLI's top-level ``optimizer`` and
+    ``lr_scheduler`` options of train.py (see :meth:`configure_optimizers` for the default).
     """
 
     def __init__(self, model: str = "c4", num_classes: int = 10, pretrained: bool = False,
                  weights: str | None = None, attack: str | None = None,
                  attack_options: dict[str, Any] | None = None, adv_weight: float = 0.5,
                  clean_weight: float | None = None, clean_epochs: int = 0, max_norm: float | None = None,
-                 attack_train_mode: bool = False, optimizer: str = "adam", lr: float = 1e-3,
-                 momentum: float = 0.9, weight_decay: float = 0.0, scheduler: str | None = None,
-                 milestones: list[int] | None = None, val_attack: str | None = "ddn",
+                 attack_train_mode: bool = False, val_attack: str | None = "ddn",
                  val_attack_options: dict[str, Any] | None = None, val_subset: int = 200,
                  val_pgd: str | None = "pgd_l2", val_pgd_options: dict[str, Any] | None = None,
                  d_upp: float = 2.0, seed: int = 0, exact_resume: bool = True) -> None:
@@ -65,7 +65,6 @@ class AdversarialTrainingModule(pl.LightningModule):
             raise ValueError(f"clean_epochs must be >= 0, got {clean_epochs}")
         if max_norm is not None and not max_norm > 0:
             raise ValueError(f"max_norm must be > 0 (or null for no clipping), got {max_norm}")
-        check_optimizer_options(optimizer, lr, scheduler, milestones)
         if not d_upp > 0:
             raise ValueError(f"d_upp must be > 0, got {d_upp}")
         self.save_hyperparameters()
@@ -112,10 +111,10 @@ class AdversarialTrainingModule(pl.LightningModule):
         self.log("train/acc", (logits.detach().argmax(1) == y).float().mean(), on_step=False, on_epoch=True)
         return loss
 
-    def configure_optimizers(self):
-        h = self.hparams
-        return build_optimizer(self.parameters(), h.optimizer, h.lr, h.momentum, h.weight_decay,
-                               h.scheduler, h.milestones, self.trainer.max_epochs)
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam, lr 1e-3 (thesis 3.2.2) when used outside train.py; train.py replaces it by LightningCLI's
+        ``optimizer`` / ``lr_scheduler`` options (``--optimizer SGD --optimizer.lr 0.01``, configs/*.yaml)."""
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
 
     # ---------------------------------------------------------- validation/test
     def _evaluate(self, metrics: RobustnessMetrics, x: Tensor, y: Tensor) -> None:

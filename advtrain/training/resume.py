@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..evaluation.distributed import dist_info, gather
+from ..distributed import dist_info, gather
 
 #: returns (training batches fetched so far over all epochs, Lightning's ``limit_train_batches``)
 Progress = Callable[[], tuple[int, "int | float"]]

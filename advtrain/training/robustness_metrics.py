@@ -5,18 +5,18 @@ in the split, so a class-sorted split such as ImageNet's val folder is covered; 
 one or several processes), accuracy under a distortion-targeted
 attack at a fixed budget (PGD) and the distortion of a success-targeted attack (DDN or BP) over
 the images classified correctly: P_suc, mean D-bar (thesis eq. 3.1), median, P_upp and the
-operating characteristic P(D) (eq. 3.2), all computed by :mod:`advtrain.evaluation.metrics`.
+operating characteristic P(D) (eq. 3.2), all computed by :class:`advtrain.evaluation.metrics.DistortionStats`,
+the evaluation's own metric.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import CatMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..attacks import Attack
-from ..evaluation.metrics import attack_stats
-from ..evaluation.distributed import dist_info
+from ..distributed import dist_info
+from ..evaluation.metrics import DistortionStats
 
 
 class RobustnessMetrics(nn.Module):
@@ -36,8 +36,7 @@ class RobustnessMetrics(nn.Module):
         self.pgd, self.attack, self.subset, self.d_upp = pgd, attack, subset, float(d_upp)
         self.clean_acc = MulticlassAccuracy(num_classes, average="micro")
         self.pgd_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.success = CatMetric(nan_strategy="disable")  # over X: subset images classified correctly
-        self.l2 = CatMetric(nan_strategy="disable")
+        self.distortion = DistortionStats(d_upp)  # over X: subset images classified correctly
         self._seen = 0
         self.stride = 1
         self.last_curve: tuple[Tensor, Tensor] | None = None  # (success, l2) of the last compute()
@@ -65,8 +64,7 @@ class RobustnessMetrics(nn.Module):
         if self.attack is not None and bool(correct.any()):
             res = self.attack(model, xs[correct], ys[correct])
             success, l2 = res.success.float(), res.l2.float()
-        self.success.update(success)  # always update: every process holds a state to sync
-        self.l2.update(l2)
+        self.distortion.update(success, l2)  # always update: every process holds a state to sync
 
     def compute(self) -> dict[str, float]:
         """Synced values; also keeps ``last_curve`` for the robustness-curve callback."""
@@ -74,20 +72,13 @@ class RobustnessMetrics(nn.Module):
         if self.pgd is not None and self.subset > 0:
             out["pgd_acc"] = float(self.pgd_acc.compute())
         if self.attack is not None and self.subset > 0:
-            success, l2 = _values(self.success).bool(), _values(self.l2)
-            self.last_curve = (success.cpu(), l2.cpu())
-            stats = attack_stats(success, l2, self.d_upp)
-            out.update({"attack_p_suc": stats.p_suc, "attack_l2_mean": stats.d_bar,
-                        "attack_l2_median": stats.d_median, "attack_p_upp": stats.p_upp})
+            stats = self.distortion.compute()
+            self.last_curve = self.distortion.last_values
+            out.update({"attack_p_suc": stats["p_suc"], "attack_l2_mean": stats["d_bar"],
+                        "attack_l2_median": stats["d_median"], "attack_p_upp": stats["p_upp"]})
         return out
 
     def reset(self) -> None:
         self._seen = 0
-        for m in (self.clean_acc, self.pgd_acc, self.success, self.l2):
+        for m in (self.clean_acc, self.pgd_acc, self.distortion):
             m.reset()
-
-
-def _values(metric: CatMetric) -> Tensor:
-    """A CatMetric's concatenated values; empty (not ``[]``) when it never received any."""
-    v = metric.compute()
-    return v if isinstance(v, Tensor) else torch.zeros(0)
