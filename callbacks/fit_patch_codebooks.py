@@ -6,7 +6,7 @@ In a training YAML (see ``configs/mnist_embedded_patch_replacement.yaml``)::
 
     trainer:
       callbacks:
-        - class_path: callbacks.fit_patch_codebooks.FitPatchCodebooks
+        - class_path: advtrain.callbacks.fit_patch_codebooks.FitPatchCodebooks
           init_args:
             layers: [{layer: image, a: 1, c: 1, K: 128}]
 """
