@@ -1,15 +1,15 @@
 """Packaging: what `pip install .` ships (issue 15). The repo-root ``callbacks/`` folder installs as
-``advtrain.callbacks`` (no top-level ``callbacks`` package to collide in users' environments), and the
-explicit package list of pyproject.toml names every folder."""
+``advtrain.callbacks`` (no top-level ``callbacks`` package to collide in users' environments), the
+named attack suites are package data, and the explicit package list of pyproject.toml names every folder."""
 from __future__ import annotations
 
 import importlib
-import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 ROOT = Path(__file__).resolve().parents[1]
 SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
 
@@ -24,6 +24,15 @@ def test_every_package_folder_is_listed():
     folders = {".".join(p.relative_to(ROOT).parts) for p in [ROOT / "advtrain", *(ROOT / "advtrain").rglob("*")]
                if p.is_dir() and p.name != "__pycache__"}
     assert set(SETUPTOOLS["packages"]) == folders | {"advtrain.callbacks"}
+
+
+def test_named_suites_are_package_data():
+    from advtrain.evaluation.suite import SUITES_DIR, load_suite
+
+    shipped = sorted(p.name for p in SUITES_DIR.iterdir() if p.name.endswith(".yaml"))
+    assert "demo.yaml" in shipped and SETUPTOOLS["package-data"] == {"advtrain.evaluation.suites": ["*.yaml"]}
+    assert not (ROOT / "configs" / "suites").exists()
+    assert [s.attack for s in load_suite("demo")] == ["fgsm", "pgd_l2", "ddn", "bp"]
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
