@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from advtrain.attacks import ATTACKS, build_attack
-from advtrain.attacks.norms import l2_norm, linf_norm
+from advtrain.ops.norms import l2_norm, linf_norm
 from advtrain.registry import valid_options
 
 from featspace_files import untrained_style_pair

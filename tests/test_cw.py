@@ -6,7 +6,7 @@ import torch
 
 from advtrain.attacks import build_attack
 from advtrain.attacks.cw import CarliniWagnerL2
-from advtrain.attacks.norms import l2_norm
+from advtrain.ops.norms import l2_norm
 from advtrain.smoothing import LaplacianSmoother
 
 N = 24  # images of the correctly classified test batch attacked here

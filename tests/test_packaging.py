@@ -51,3 +51,10 @@ def test_config_class_paths_import(path):
         module, _, name = class_path.rpartition(".")
         assert not module.startswith("callbacks."), f"{class_path}: the package is advtrain.callbacks"
         assert hasattr(importlib.import_module(module), name), class_path
+
+
+def test_ops_is_the_bottom_layer():
+    """``advtrain.ops`` (norms, projections, quantization) is shared by every layer and imports none."""
+    for path in (ROOT / "advtrain" / "ops").glob("*.py"):
+        source = path.read_text()
+        assert "from .." not in source and "import advtrain" not in source and "from advtrain" not in source, path

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from .base import Attack, AttackContext, BestTracker, check_count, check_positive
 from .losses import _other_max
-from .norms import clip_box, l2_norm, quantize as quantize_8bit, view_as_batch
+from ..ops.norms import clip_box, l2_norm, quantize as quantize_8bit, view_as_batch
 from .registry import register_attack
 
 

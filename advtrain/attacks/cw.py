@@ -18,7 +18,7 @@ from torch import Tensor
 from ..smoothing import LaplacianSmoother, check_smoothing_options
 from .base import Attack, AttackContext, BestTracker, check_count, check_positive
 from .losses import margin_loss
-from .norms import clip_box, quantize as quantize_8bit
+from ..ops.norms import clip_box, quantize as quantize_8bit
 from .registry import register_attack
 
 _LOGIT_EPS = 1e-6  # sigma^{-1} is infinite on {0, 1}: clean pixels are pulled in by this much

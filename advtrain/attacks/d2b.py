@@ -21,7 +21,7 @@ from ..featspace.stats import ActivationStats, default_planes
 from .base import Attack, AttackContext, check_count, check_positive
 from .features import LayerTap, find_layers
 from .losses import is_adversarial, margin_loss
-from .norms import clip_box, quantize as quantize_8bit, view_as_batch
+from ..ops.norms import clip_box, quantize as quantize_8bit, view_as_batch
 from .registry import register_attack
 
 

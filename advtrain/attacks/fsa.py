@@ -19,7 +19,7 @@ from ..featspace.decoder import Decoder, channel_stats
 from ..featspace.encoder import Encoder
 from .base import Attack, AttackContext, check_count, check_positive
 from .losses import is_adversarial, margin_loss
-from .norms import quantize as quantize_8bit
+from ..ops.norms import quantize as quantize_8bit
 from .registry import register_attack
 
 

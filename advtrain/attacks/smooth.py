@@ -6,7 +6,7 @@ from torch import Tensor
 from ..smoothing import LaplacianSmoother, check_smoothing_options
 from .base import AttackContext
 from .gradient import PGDL2
-from .norms import normalize_l2
+from ..ops.norms import normalize_l2
 from .registry import register_attack
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks.norms import clip_box, quantize
+from ..ops.norms import clip_box, quantize
 from .registry import register_defense
 
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..attacks.base import AttackContext, BestTracker, frozen_eval
-from ..attacks.norms import l2_norm, linf_norm, quantize as quantize_8bit
+from ..ops.norms import l2_norm, linf_norm, quantize as quantize_8bit
 from ..data import D_UPP
 from ..defenses.defended import Defended
 from ..models.fingerprint import weights_sha256
