@@ -23,6 +23,7 @@ import yaml
 
 from ..attacks import ATTACKS, Attack, build_attack
 from ..attacks.base import check_positive
+from ..data.specs import dataset_spec
 from ..registry import check_kwargs, valid_options
 
 #: the named suite files (package data: found in an installed package too)
@@ -31,9 +32,6 @@ SPEC_KEYS = ("attack", "label", "options", "budgets", "quantize_mode")
 #: "post": round the returned images (thesis 5.3, same as the attacks' own final rounding);
 #: "attack": the attack quantizes inside its loop (DDN, BP round each iterate), run it with quantize=True
 QUANTIZE_MODES = ("post", "attack")
-
-#: dataset name -> settings group of the thesis (MNIST, CIFAR10, ImageNet)
-DATASET_GROUP = {"mnist_embedded": "mnist", "mnist": "mnist", "cifar10": "cifar10", "imagefolder": "imagenet"}
 
 _LINF = {"mnist": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5],
          "cifar10": [1 / 255, 2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255, 24 / 255, 32 / 255],
@@ -138,9 +136,7 @@ class AttackSpec:
 
 
 def _group(dataset: str) -> str:
-    if dataset not in DATASET_GROUP:
-        raise ValueError(f"no thesis settings for dataset {dataset!r}; known: {', '.join(DATASET_GROUP)}")
-    return DATASET_GROUP[dataset]
+    return dataset_spec(dataset).group
 
 
 def full_suite(dataset: str = "mnist_embedded") -> list[AttackSpec]:

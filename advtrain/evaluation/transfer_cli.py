@@ -118,7 +118,7 @@ def prepare(args: argparse.Namespace) -> dict:
     dataset = args.data or first_hp.get("dataset") or "mnist_embedded"
     n = args.n if args.n is not None else (None if dataset == "foolbox_imagenet" else 500)
     x, y = load_images(dataset, n, args.data_root, first_hp)
-    return {"specs": load_suite(args.suite, dataset if dataset != "foolbox_imagenet" else "imagefolder"),
+    return {"specs": load_suite(args.suite, dataset),
             "sources": {labels[key_of[s]]: loaded[key_of[s]][0] for s in sources},
             "targets": {labels[key_of[s]]: loaded[key_of[s]][0] for s in targets},
             "x": x, "y": y, "out": Path(args.out),
