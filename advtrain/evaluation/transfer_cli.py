@@ -81,7 +81,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--zoo", default=None, help="folder of checkpoints (<name>/last.ckpt): sources and targets")
     p.add_argument("--sources", nargs="+", default=None, help="source models (default: the zoo)")
     p.add_argument("--targets", nargs="+", default=None, help="target models (default: the zoo)")
-    p.add_argument("--suite", default="transfer_mnist", help="attack suite (a name in advtrain/evaluation/suites or a YAML file)")
+    p.add_argument("--suite", default="transfer_mnist",
+                   help="attack suite (a name in advtrain/evaluation/suites or a YAML file)")
     p.add_argument("--data", default=None, help="dataset (default: the first checkpoint's; foolbox_imagenet)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--n", "--images", dest="n", type=int, default=None, help="test images N' (default 500 or all)")
