@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from advtrain.defenses import DEFENSES, build_defense
-from advtrain.defenses.codebooks import PQCodebook, fit_kmeans
+from advtrain.defenses.codebooks import PQCodebook, fit_kmeans, load_safetensors, save_safetensors
 from advtrain.defenses.defended import Defended
 from advtrain.defenses.e8 import E8Lattice
 from advtrain.defenses.patch_replacement import LayerConfig, PatchReplacement
@@ -271,6 +271,16 @@ def test_save_load_roundtrip_and_refusals(c4, images, two_layer, tmp_path):
     assert DEFENSES["patch_replacement"] is PatchReplacement
     with pytest.raises(FileNotFoundError):
         PatchReplacement.load(c4, tmp_path / "missing.safetensors")
+
+
+def test_a_file_saved_before_the_strength_rename_keeps_its_strategy(c4, two_layer, tmp_path):
+    """Files saved when the strategy parameter was called ``eps`` load with that value as ``strength``."""
+    tensors, header = load_safetensors(two_layer.save(tmp_path / "new.safetensors"))
+    for i, spec in enumerate(header["layers"]):
+        spec.pop("strength")
+        spec.update(strategy="linf", eps=0.01 * (i + 1))
+    old = save_safetensors(tmp_path / "old.safetensors", tensors, header)
+    assert [(c.strategy, c.strength) for c in PatchReplacement.load(c4, old).layers] == [("linf", 0.01), ("linf", 0.02)]
 
 
 def test_e8_codebook_on_the_first_conv(c4, images):
