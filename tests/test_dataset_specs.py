@@ -21,3 +21,20 @@ def test_thesis_table_5_2():
 def test_unknown_dataset_names_the_known_ones():
     with pytest.raises(ValueError, match="no protocol settings for dataset 'svhn'; known: mnist_embedded"):
         load_suite("reliable", "svhn")
+
+
+def test_training_recipes_use_their_datasets_d_upp():
+    """The recipes' validation D_upp (P_upp, PGD2 budget) is the table's, not a copy that drifts."""
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    from advtrain.training import AdversarialTrainingModule
+
+    default = inspect.signature(AdversarialTrainingModule).parameters["d_upp"].default
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        if "model" in cfg and "data" in cfg:
+            dataset = cfg["data"].get("dataset", "mnist_embedded")
+            assert cfg["model"].get("d_upp", default) == D_UPP[dataset], path.name
