@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--suite", default="reliable",
                    help="reliable (default: AutoAttack-like ensemble, minimum-norm attacks run to convergence), "
                         "thesis (the thesis' 20-iteration settings; alias full), quick, a name in "
-                        "configs/suites or a YAML file")
+                        "advtrain/evaluation/suites (demo, smoke, ...) or a YAML file")
     p.add_argument("--data", default=None, help="dataset name (default: the checkpoint's)")
     p.add_argument("--data-root", default=None, help="dataset root folder")
     p.add_argument("--n", "--images", dest="n", type=int, default=None,

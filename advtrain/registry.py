@@ -6,6 +6,14 @@ from typing import Any, Callable, Generic, TypeVar
 
 T = TypeVar("T")
 
+#: options renamed for one name per concept (issue 15): an old name -> the new names it may have become
+#: (the first one the factory takes is the one meant). Iteration counts are ``steps``, an inner
+#: solver's are named for it; ``eps`` is only an Lp budget.
+RENAMED_OPTIONS: dict[str, tuple[str, ...]] = {
+    "niter": ("steps", "kmeans_steps"), "iters": ("steps", "cg_steps"), "n_iter": ("steps",),
+    "max_iter": ("steps",), "cg_iters": ("cg_steps",), "eps": ("strength",),
+}
+
 
 class Registry(Generic[T]):
     """A named registry; ``build(name, **kw)`` fails listing known names or valid options."""
@@ -83,8 +91,12 @@ def valid_options(factory: Callable[..., Any]) -> list[str]:
 
 
 def check_kwargs(factory: Callable[..., Any], kwargs: dict[str, Any], what: str) -> None:
-    """Raise a clear error for options the factory does not take."""
+    """Raise a clear error for options the factory does not take, naming the new name of a renamed one."""
     valid = valid_options(factory)
     bad = [k for k in kwargs if k not in valid]
+    for old in bad:
+        new = next((n for n in RENAMED_OPTIONS.get(old, ()) if n in valid), None)
+        if new is not None:
+            raise ValueError(f"{what}: option {old!r} was renamed to {new!r}")
     if bad:
         raise ValueError(f"{what} has no option {', '.join(map(repr, bad))}; valid options: {', '.join(valid)}")

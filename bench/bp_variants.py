@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from advtrain.attacks import build_attack  # noqa: E402
-from advtrain.attacks.norms import l2_norm, quantize  # noqa: E402
+from advtrain.ops.norms import l2_norm, quantize  # noqa: E402
 from advtrain.data import build_datamodule  # noqa: E402
 from advtrain.evaluation.metrics import summarize  # noqa: E402
 from advtrain.models import build_model  # noqa: E402

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from advtrain.attacks import ATTACKS, build_attack  # noqa: E402
-from advtrain.attacks.norms import l2_norm, quantize  # noqa: E402
+from advtrain.ops.norms import l2_norm, quantize  # noqa: E402
 from advtrain.data import build_datamodule  # noqa: E402
 from advtrain.evaluation import run_suite  # noqa: E402
 from advtrain.evaluation.metrics import least_distortion, operating_characteristic, summarize  # noqa: E402

@@ -151,7 +151,7 @@ def bench_faiss(args, gpus: int) -> None:
     times = {}
     for label, gpu in runs.items():
         t = time.perf_counter()
-        fit_kmeans(patches, args.K, niter=20, gpu=gpu, progress=False)
+        fit_kmeans(patches, args.K, kmeans_steps=20, gpu=gpu, progress=False)
         times[label] = time.perf_counter() - t
         print(f"{label}: {times[label]:.2f} s", flush=True)
     if len(times) == 2:

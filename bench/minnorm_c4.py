@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.modules.setdefault("visdom", types.ModuleType("visdom"))  # adv_lib imports it at import time
 
 from advtrain.attacks import build_attack  # noqa: E402
-from advtrain.attacks.norms import quantize  # noqa: E402
+from advtrain.ops.norms import quantize  # noqa: E402
 from advtrain.data import build_datamodule  # noqa: E402
 from advtrain.models import build_model  # noqa: E402
 

@@ -33,7 +33,7 @@ CONFIGS = {
     "conv1 PQ d=4 K=256 (3x3, c=1)": [dict(layer="net.features.0", d=4, K=256)],
     "conv1 E8 d=8 s=1 (3x3, c=3)": [dict(layer="net.features.0", d=8, c=3, codebook="e8", scale=1.0)],
     "image PQ + conv1 PQ Linf 0.1": [dict(layer="image", K=128),
-                                     dict(layer="net.features.0", d=4, K=256, strategy="linf", eps=0.1)],
+                                     dict(layer="net.features.0", d=4, K=256, strategy="linf", strength=0.1)],
 }
 
 

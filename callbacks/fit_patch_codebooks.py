@@ -6,7 +6,7 @@ In a training YAML (see ``configs/mnist_embedded_patch_replacement.yaml``)::
 
     trainer:
       callbacks:
-        - class_path: callbacks.fit_patch_codebooks.FitPatchCodebooks
+        - class_path: advtrain.callbacks.fit_patch_codebooks.FitPatchCodebooks
           init_args:
             layers: [{layer: image, a: 1, c: 1, K: 128}]
 """
@@ -27,9 +27,9 @@ class FitPatchCodebooks(pl.Callback):
 
     Args:
         layers: the defended layers (options of :class:`LayerConfig`: layer, a, c, d, codebook,
-            K, scale, strategy, eps).
+            K, scale, strategy, strength).
         max_patches: training patches per slice fed to k-means.
-        niter, seed: k-means iterations and seed.
+        kmeans_steps, seed: k-means iterations and seed.
         filename: written in the checkpoint callback's ``dirpath``, else ``trainer.default_root_dir``.
         eval_batches: validation batches for the defended clean accuracy (None: all).
 
@@ -37,7 +37,7 @@ class FitPatchCodebooks(pl.Callback):
     hold the saved file and the logged numbers.
     """
 
-    def __init__(self, layers: list[dict[str, Any]], max_patches: int = 50_000, niter: int = 20,
+    def __init__(self, layers: list[dict[str, Any]], max_patches: int = 50_000, kmeans_steps: int = 20,
                  seed: int = 0, filename: str = "patch_codebooks.safetensors",
                  eval_batches: int | None = None) -> None:
         if not layers:
@@ -48,7 +48,7 @@ class FitPatchCodebooks(pl.Callback):
             raise ValueError(f"max_patches must be >= 1, got {max_patches}")
         if eval_batches is not None and eval_batches < 1:
             raise ValueError(f"eval_batches must be >= 1 or None, got {eval_batches}")
-        self.max_patches, self.niter, self.seed = max_patches, niter, seed
+        self.max_patches, self.kmeans_steps, self.seed = max_patches, kmeans_steps, seed
         self.filename, self.eval_batches = filename, eval_batches
         self.path: Path | None = None
         self.metrics: dict[str, float] = {}
@@ -65,7 +65,7 @@ class FitPatchCodebooks(pl.Callback):
         dm = trainer.datamodule
         train = dm.train_dataloader() if dm is not None else trainer.train_dataloader
         defended = PatchReplacement(model, self.layers).fit(train, max_patches=self.max_patches,
-                                                            niter=self.niter, seed=self.seed)
+                                                            kmeans_steps=self.kmeans_steps, seed=self.seed)
         self.path = defended.save(self.output_dir(trainer) / self.filename)
         self.metrics = {"patch_codebooks/fit_seconds": float(defended.last_fit_seconds)}
         val = dm.val_dataloader() if dm is not None else None

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from advtrain.attacks import build_attack
-from advtrain.attacks.norms import project_hyperplane_box, quantize
+from advtrain.ops.norms import project_hyperplane_box, quantize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

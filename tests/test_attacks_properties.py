@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from advtrain.attacks import ATTACKS, build_attack
-from advtrain.attacks.norms import l2_norm, linf_norm
+from advtrain.ops.norms import l2_norm, linf_norm
 from advtrain.registry import valid_options
 
 from featspace_files import untrained_style_pair
@@ -28,8 +28,8 @@ CHEAP: dict[str, dict] = {
     "ddn": {"steps": 3},
     "bp": {"steps": 3},
     "cw_l2": {"steps": 3, "search_steps": 1},
-    "scw_l2": {"steps": 2, "search_steps": 1, "solver": "cg", "cg_iters": 5},
-    "qpgd_l2": {"eps": 1.0, "steps": 2, "solver": "cg", "cg_iters": 5},
+    "scw_l2": {"steps": 2, "search_steps": 1, "solver": "cg", "cg_steps": 5},
+    "qpgd_l2": {"eps": 1.0, "steps": 2, "solver": "cg", "cg_steps": 5},
     "apgd_linf": {"eps": 0.1, "steps": 3},
     "apgd_l2": {"eps": 1.0, "steps": 3},
     "apgd_t_linf": {"eps": 0.1, "steps": 3, "n_target_classes": 2},
@@ -41,7 +41,7 @@ CHEAP: dict[str, dict] = {
 }
 #: generic fallback, filtered by the options each attack accepts
 GENERIC = {"steps": 3, "binary_search_steps": 1, "search_steps": 1, "iterations": 3, "max_iter": 3,
-           "cg_iters": 5, "candidates": 3}
+           "cg_steps": 5, "candidates": 3}
 
 
 def cheap(name: str, **extra) -> dict:

@@ -6,7 +6,7 @@ import torch
 
 from advtrain.attacks import build_attack
 from advtrain.attacks.bp import gamma_schedule, in_target, out_target, q_in, q_out
-from advtrain.attacks.norms import clip_box, l2_norm, normalize_l2, quantize
+from advtrain.ops.norms import clip_box, l2_norm, normalize_l2, quantize
 from advtrain.evaluation.metrics import least_distortion
 
 

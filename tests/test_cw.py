@@ -6,7 +6,7 @@ import torch
 
 from advtrain.attacks import build_attack
 from advtrain.attacks.cw import CarliniWagnerL2
-from advtrain.attacks.norms import l2_norm
+from advtrain.ops.norms import l2_norm
 from advtrain.smoothing import LaplacianSmoother
 
 N = 24  # images of the correctly classified test batch attacked here
@@ -97,7 +97,7 @@ def test_one_by_hundred_setting(trained_c4, xy):
     ("cw_l2", {"lr": 0.0}, "lr"), ("cw_l2", {"initial_const": -1.0}, "initial_const"),
     ("cw_l2", {"confidence": -1.0}, "confidence"),
     ("scw_l2", {"smooth_alpha": 1.0}, "alpha"), ("scw_l2", {"solver": "lu"}, "solver"),
-    ("scw_l2", {"cg_iters": 0}, "iterations"), ("qpgd_l2", {"smooth_alpha": -0.5}, "alpha"),
+    ("scw_l2", {"cg_steps": 0}, "iterations"), ("qpgd_l2", {"smooth_alpha": -0.5}, "alpha"),
 ])
 def test_bad_options_are_refused(name, options, message):
     with pytest.raises(ValueError, match=message):

@@ -142,7 +142,7 @@ def test_patch_replacement_codebooks_from_the_command_line(script, ckpt, suite_f
     from advtrain.defenses import PatchReplacement
 
     pr = PatchReplacement(trained_c4, layers=[{"layer": "image", "a": 1, "c": 1, "d": 1, "K": 32}])
-    pr.fit(mnist_dm.train_dataloader(), max_patches=5000, niter=5)
+    pr.fit(mnist_dm.train_dataloader(), max_patches=5000, kmeans_steps=5)
     book = pr.save(tmp_path / "books.safetensors")
     script.main(["--ckpt", str(ckpt), "--suite", str(suite_file), "--n", "16", "--out", str(tmp_path / "ev"),
                  "--no-progress", "--quantize", "no", "--defense", f"patch_replacement:codebooks={book}"])

@@ -45,10 +45,10 @@ def test_statistics_match_a_direct_computation(trained_c4, train_x, c4_stats, tm
     assert back.layers == PLANES and all(torch.equal(back.std[k], c4_stats.std[k]) for k in PLANES)
 
 
-def _synthetic(eps: float = 0.2) -> QuantileBound:
+def _synthetic(quantile: float = 0.2) -> QuantileBound:
     """One sample, 4 neurons, standard-normal statistics, a0 at quantiles 0.5, 0.7, 0.05, 0.95."""
     a0 = torch.tensor([0.0, 0.5244005, -1.6448536, 1.6448536]).view(1, 4, 1, 1)
-    return QuantileBound(a0, torch.zeros(4, 1, 1), torch.ones(4, 1, 1), eps)
+    return QuantileBound(a0, torch.zeros(4, 1, 1), torch.ones(4, 1, 1), quantile)
 
 
 def test_quantile_bounds_agree_with_scipy():

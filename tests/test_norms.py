@@ -1,6 +1,6 @@
 import torch
 
-from advtrain.attacks.norms import box_free, clip_box, l2_norm, normalize_l2, project_l2, project_linf, quantize
+from advtrain.ops.norms import box_free, clip_box, l2_norm, normalize_l2, project_l2, project_linf, quantize
 
 
 def test_normalize_gives_unit_directions_even_for_vanishing_gradients():

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from advtrain.defenses import DEFENSES, build_defense
-from advtrain.defenses.codebooks import PQCodebook, fit_kmeans
+from advtrain.defenses.codebooks import PQCodebook, fit_kmeans, load_safetensors, save_safetensors
 from advtrain.defenses.defended import Defended
 from advtrain.defenses.e8 import E8Lattice
 from advtrain.defenses.patch_replacement import LayerConfig, PatchReplacement
@@ -46,7 +46,7 @@ def in_e8(p: torch.Tensor) -> torch.Tensor:
 def test_e8_nearest_point_is_exact_against_brute_force():
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(60, 8, generator=g, dtype=torch.float64) - 0.5) * 8
-    q = E8Lattice(1.0).quantize(x)
+    q = E8Lattice(1.0).nearest_point(x)
     assert bool(in_e8(q).all())
     bf = brute_force_e8(x)
     assert torch.allclose((q - x).pow(2).sum(1), (bf - x).pow(2).sum(1), rtol=0, atol=1e-12)
@@ -56,11 +56,11 @@ def test_e8_nearest_point_is_exact_against_brute_force():
 def test_e8_scale_lattice_points_and_bad_dimension():
     x = torch.randn(100, 8, dtype=torch.float64)
     s = 0.3
-    assert torch.allclose(E8Lattice(s).quantize(x), s * E8Lattice(1.0).quantize(x / s))
-    pts = E8Lattice(1.0).quantize(x * 3)
-    assert torch.equal(E8Lattice(1.0).quantize(pts), pts)  # lattice points are fixed
+    assert torch.allclose(E8Lattice(s).nearest_point(x), s * E8Lattice(1.0).nearest_point(x / s))
+    pts = E8Lattice(1.0).nearest_point(x * 3)
+    assert torch.equal(E8Lattice(1.0).nearest_point(pts), pts)  # lattice points are fixed
     with pytest.raises(ValueError, match="8"):
-        E8Lattice(1.0).quantize(torch.randn(3, 4))
+        E8Lattice(1.0).nearest_point(torch.randn(3, 4))
     with pytest.raises(ValueError, match="scale"):
         E8Lattice(0.0)
 
@@ -125,7 +125,7 @@ def test_strategies_eq_6_3_to_6_5():
     assert float((get_strategy("linf", 0.1)(p, q) - p).abs().max()) <= 0.1 + 1e-6
     with pytest.raises(ValueError, match="valid: plain, l2, linf, linear"):
         get_strategy("l1", 0.1)
-    with pytest.raises(ValueError, match="eps"):
+    with pytest.raises(ValueError, match="strength"):
         get_strategy("l2", -1.0)
     assert set(STRATEGIES) == {"plain", "l2", "linf", "linear"}
 
@@ -135,10 +135,10 @@ def test_pq_nearest_codeword_matches_brute_force():
     g = torch.Generator().manual_seed(2)
     cents = torch.rand(3, 50, 9, generator=g)
     patches = torch.rand(3, 400, 9, generator=g)
-    q = PQCodebook(cents).quantize(patches)
+    q = PQCodebook(cents).to_codewords(patches)
     idx = torch.cdist(patches.double(), cents.double()).argmin(-1)
     assert torch.equal(q, cents.gather(1, idx.unsqueeze(-1).expand(-1, -1, 9)))
-    uni = PQCodebook(cents[:1], universal=True).quantize(patches)
+    uni = PQCodebook(cents[:1], universal=True).to_codewords(patches)
     idx = torch.cdist(patches.double(), cents[:1].double()).argmin(-1)
     assert torch.equal(uni, cents[0][idx])
 
@@ -195,8 +195,8 @@ def conv1_features(c4, x):
 
 
 @pytest.mark.parametrize("strategy", ["l2", "linf", "linear"])
-def test_eps_zero_is_the_identity_for_every_non_plain_strategy(c4, images, two_layer, strategy):
-    pr = PatchReplacement(c4, [dict(cfg.__dict__, strategy=strategy, eps=0.0) for cfg in two_layer.layers])
+def test_strength_zero_is_the_identity_for_every_non_plain_strategy(c4, images, two_layer, strategy):
+    pr = PatchReplacement(c4, [dict(cfg.__dict__, strategy=strategy, strength=0.0) for cfg in two_layer.layers])
     for i, stage in enumerate(two_layer.defenses):
         pr.set_codebook(i, stage.codebook)
     feat = conv1_features(c4, images)
@@ -207,16 +207,16 @@ def test_eps_zero_is_the_identity_for_every_non_plain_strategy(c4, images, two_l
         assert not torch.allclose(two_layer(images), c4(images), atol=1e-3)  # plain does change things
 
 
-def test_linf_keeps_each_value_within_eps(c4, images, two_layer):
-    eps = 0.05
-    pr = PatchReplacement(c4, [dict(cfg.__dict__, strategy="linf", eps=eps) for cfg in two_layer.layers])
+def test_linf_keeps_each_value_within_strength(c4, images, two_layer):
+    strength = 0.05
+    pr = PatchReplacement(c4, [dict(cfg.__dict__, strategy="linf", strength=strength) for cfg in two_layer.layers])
     for i, stage in enumerate(two_layer.defenses):
         pr.set_codebook(i, stage.codebook)
     feat = conv1_features(c4, images)
     with torch.no_grad():
         for stage, f in zip(pr.defenses, (images, feat)):
             change = (stage(f) - f).abs()
-            assert float(change.max()) <= eps + 1e-6 and float(change.max()) > eps / 2
+            assert float(change.max()) <= strength + 1e-6 and float(change.max()) > strength / 2
 
 
 def test_multi_layer_hooks_are_scoped_and_compose(c4, images, two_layer):
@@ -230,7 +230,7 @@ def test_multi_layer_hooks_are_scoped_and_compose(c4, images, two_layer):
         assert not c4._forward_pre_hooks and not c4.net.features[0]._forward_hooks
         assert torch.allclose(two_layer.attack_view("bpda")(images), both)
         assert two_layer.attack_view("blackbox") is c4
-    assert isinstance(two_layer, Defended) and two_layer.differentiable is False
+    assert isinstance(two_layer, Defended) and two_layer.needs_bpda is True
     assert two_layer.approximated == ["patch_replacement[image]", f"patch_replacement[{CONV1}]"]
 
 
@@ -255,7 +255,7 @@ def test_save_load_roundtrip_and_refusals(c4, images, two_layer, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(images), two_layer(images))
     # the strategy may change without refitting, the codebook geometry may not
-    linf = [dict(cfg.__dict__, strategy="linf", eps=0.01) for cfg in two_layer.layers]
+    linf = [dict(cfg.__dict__, strategy="linf", strength=0.01) for cfg in two_layer.layers]
     assert PatchReplacement(c4, linf, codebooks=path).layers[1].strategy == "linf"
     with pytest.raises(ValueError, match="differ"):
         PatchReplacement(c4, [dict(cfg.__dict__, K=9) for cfg in two_layer.layers], codebooks=path)
@@ -271,6 +271,16 @@ def test_save_load_roundtrip_and_refusals(c4, images, two_layer, tmp_path):
     assert DEFENSES["patch_replacement"] is PatchReplacement
     with pytest.raises(FileNotFoundError):
         PatchReplacement.load(c4, tmp_path / "missing.safetensors")
+
+
+def test_a_file_saved_before_the_strength_rename_keeps_its_strategy(c4, two_layer, tmp_path):
+    """Files saved when the strategy parameter was called ``eps`` load with that value as ``strength``."""
+    tensors, header = load_safetensors(two_layer.save(tmp_path / "new.safetensors"))
+    for i, spec in enumerate(header["layers"]):
+        spec.pop("strength")
+        spec.update(strategy="linf", eps=0.01 * (i + 1))
+    old = save_safetensors(tmp_path / "old.safetensors", tensors, header)
+    assert [(c.strategy, c.strength) for c in PatchReplacement.load(c4, old).layers] == [("linf", 0.01), ("linf", 0.02)]
 
 
 def test_e8_codebook_on_the_first_conv(c4, images):
@@ -309,12 +319,12 @@ def test_bad_input_is_a_clear_error(c4, images):
 @pytest.mark.parametrize("codebook,strategy", [("pq", "plain"), ("e8", "plain"), ("e8", "linf")])
 def test_fast_paths_match_the_patchwise_definition(c4, images, codebook, strategy):
     """The plain-PQ path (kkd search, column fold) and the pixelwise E8 path give the defense of
-    thesis 6.3.1-6.3.4 computed patch by patch (extract, quantize, strategy, fold)."""
+    thesis 6.3.1-6.3.4 computed patch by patch (extract, nearest codewords, strategy, fold)."""
     cfg = dict(layer=CONV1, d=8, codebook="e8", scale=0.5) if codebook == "e8" else dict(layer=CONV1, d=4, K=16)
-    pr = PatchReplacement(c4, [dict(cfg, strategy=strategy, eps=0.05)])
+    pr = PatchReplacement(c4, [dict(cfg, strategy=strategy, strength=0.05)])
     if codebook == "pq":
         pr.set_codebook(0, PQCodebook(torch.randn(16, 16, 36, generator=torch.Generator().manual_seed(4))))
     stage, feat = pr.defenses[0], conv1_features(c4, images)
     patches, layout = extract_patches(feat, stage.config.geometry)
-    expected = fold_patches(get_strategy(strategy, 0.05)(patches, stage.codebook.quantize(patches)), layout)
+    expected = fold_patches(get_strategy(strategy, 0.05)(patches, stage.codebook.to_codewords(patches)), layout)
     torch.testing.assert_close(stage(feat), expected, rtol=10 * U32, atol=10 * U32 * float(feat.abs().max()))

@@ -13,7 +13,7 @@ import yaml
 
 from advtrain.defenses.patch_replacement import PatchReplacement
 from advtrain.training import AdversarialTrainingModule
-from callbacks.fit_patch_codebooks import FitPatchCodebooks
+from advtrain.callbacks.fit_patch_codebooks import FitPatchCodebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "mnist_embedded_patch_replacement.yaml"

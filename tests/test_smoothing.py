@@ -31,7 +31,7 @@ def two_regions(h=12, w=12) -> torch.Tensor:
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_normalized_smoothing_of_ones_is_ones(solver):
     x = rand_image()
-    s = LaplacianSmoother(x, alpha=0.9, solver=solver, iters=60)
+    s = LaplacianSmoother(x, alpha=0.9, solver=solver, cg_steps=60)
     ones = torch.ones(2, 4, 7, 6, dtype=torch.float64)
     torch.testing.assert_close(s(ones), ones, atol=1e-8, rtol=0)
     assert float((s.row_sums - 1).abs().min()) > 1e-3, "row sums of L_alpha^-1 are not 1 before eq. 4.5"
@@ -47,7 +47,7 @@ def test_dense_and_cg_agree_on_mnist(mnist_test_batch):
     x = mnist_test_batch[0][:4].double()
     z = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     dense = LaplacianSmoother(x, 0.95, solver="dense")(z)
-    cg = LaplacianSmoother(x, 0.95, solver="cg", iters=50)(z)
+    cg = LaplacianSmoother(x, 0.95, solver="cg", cg_steps=50)(z)
     torch.testing.assert_close(cg, dense, atol=1e-5 * float(dense.abs().max()), rtol=0)
     assert float((dense - z).abs().max()) > 0.1, "smoothing did nothing"
 
@@ -76,7 +76,7 @@ def test_smoothing_minimises_eq_4_2():
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_custom_backward_matches_finite_differences(solver):
     x = rand_image(b=1, c=2, h=3, w=4)
-    s = LaplacianSmoother(x, alpha=0.9, solver=solver, iters=16)  # CG is exact after n = 12 steps
+    s = LaplacianSmoother(x, alpha=0.9, solver=solver, cg_steps=16)  # CG is exact after n = 12 steps
     z = rand_image(b=1, c=2, h=3, w=4, seed=3).requires_grad_(True)
     assert torch.autograd.gradcheck(s, (z,))
 
@@ -117,7 +117,7 @@ def test_solver_and_alpha_follow_image_size():
 
 
 @pytest.mark.parametrize("kwargs, message", [({"alpha": 1.0}, "alpha"), ({"alpha": -0.1}, "alpha"),
-                                             ({"solver": "lu"}, "solver.*dense"), ({"iters": 0}, "iterations"),
+                                             ({"solver": "lu"}, "solver.*dense"), ({"cg_steps": 0}, "iterations"),
                                              ({"feature_kernel": "box"}, "feature_kernel"),
                                              ({"neighbours": 6}, "neighbours")])
 def test_bad_smoother_options_are_refused(kwargs, message):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from callbacks.robustness_curve import RobustnessCurve
+from advtrain.callbacks.robustness_curve import RobustnessCurve
 from training_helpers import quick_fit
 
 

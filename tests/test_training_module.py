@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from advtrain.attacks import build_attack
-from advtrain.attacks.norms import l2_norm
+from advtrain.ops.norms import l2_norm
 from advtrain.evaluation.metrics import attack_stats
 from advtrain.models import build_model
 from advtrain.training import (AdversarialTrainingModule, RobustnessMetrics, adversarial_loss,

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from .base import Attack, AttackContext, BestTracker, check_count, check_positive
 from .losses import _other_max
-from .norms import clip_box, l2_norm, quantize as quantize_8bit, view_as_batch
+from ..ops.norms import clip_box, l2_norm, quantize as quantize_8bit, view_as_batch
 from .registry import register_attack
 
 
@@ -44,9 +44,9 @@ def penalty_p2_grad(c: Tensor, rho: Tensor, mu: Tensor) -> Tensor:
     return torch.where(c >= 0, above, below)
 
 
-def initial_lr(x: Tensor, g: Tensor, target: float, iters: int = 20) -> Tensor:
+def initial_lr(x: Tensor, g: Tensor, target: float, bisection_steps: int = 20) -> Tensor:
     """Per-sample eta with ||clip(x - eta g) - x||_2 = ``target`` (ALMA's first step size, "epsilon"
-    of Rony et al. 2021, sec. 4): doubling to bracket it, then ``iters`` bisection steps. The
+    of Rony et al. 2021, sec. 4): doubling to bracket it, then ``bisection_steps`` bisection steps. The
     distance is non-decreasing in eta; samples whose gradient cannot reach it get the bracket's top."""
     def dist(eta: Tensor) -> Tensor:
         return l2_norm(clip_box(x - view_as_batch(eta, x) * g) - x)
@@ -58,7 +58,7 @@ def initial_lr(x: Tensor, g: Tensor, target: float, iters: int = 20) -> Tensor:
         if not bool(short.any()):
             break
         lo, hi = torch.where(short, hi, lo), torch.where(short, hi * 2, hi)
-    for _ in range(iters):
+    for _ in range(bisection_steps):
         mid = (lo + hi) / 2
         far = dist(mid) > target
         lo, hi = torch.where(far, lo, mid), torch.where(far, mid, hi)

@@ -11,8 +11,8 @@ from torch import Tensor
 
 from .base import Attack, AttackContext, check_count, check_fraction, check_positive, check_seed
 from .losses import is_adversarial
-from .norms import l2_norm, linf_norm, normalize_l2, project_l2, project_linf, quantize as quantize_8bit
-from .norms import view_as_batch
+from ..ops.norms import l2_norm, linf_norm, normalize_l2, project_l2, project_linf, quantize as quantize_8bit
+from ..ops.norms import view_as_batch
 from .registry import register_attack
 
 

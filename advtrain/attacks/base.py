@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .losses import get_loss, is_adversarial
-from .norms import l2_norm, linf_norm, quantize as quantize_8bit
+from ..ops.norms import l2_norm, linf_norm, quantize as quantize_8bit
 
 
 class AttackResult:

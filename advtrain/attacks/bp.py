@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from .base import Attack, AttackContext, BestTracker, check_count, check_positive
-from .norms import box_free, clip_box, l2_norm, normalize_l2, quantize as quantize_8bit, view_as_batch
+from ..ops.norms import box_free, clip_box, l2_norm, normalize_l2, quantize as quantize_8bit, view_as_batch
 from .registry import register_attack
 
 
@@ -19,14 +19,14 @@ def quantize_step(y: Tensor, d: Tensor, beta: Tensor) -> Tensor:
     return quantize_8bit(clip_box(y + view_as_batch(beta, y) * d))
 
 
-def q_out(z: Tensor, y: Tensor, x: Tensor, v_star: Tensor, iters: int = 8) -> Tensor:
+def q_out(z: Tensor, y: Tensor, x: Tensor, v_star: Tensor, line_search_steps: int = 8) -> Tensor:
     """Q_OUT(z, y) = Q(y + beta_OUT (z - y)) (thesis eq. 5.7).
 
     beta_OUT is the scale for which the quantized iterate keeps the distortion ||z - x|| that
     case OUT imposes (eps, or ||v* - x|| when the sphere misses the plane; our reading of eq. 5.7,
     whose ||z|| stands for a distortion). Before quantization the distortion decreases along the
     step from y (beta = 0) down to v* (beta = B := ||v* - y|| / ||z - y|| >= 1, the point of the
-    line closest to x), so the line search is a batched bisection (``iters`` steps, elementwise
+    line closest to x), so the line search is a batched bisection (``line_search_steps`` halvings, elementwise
     ops only, no forward pass) for the least beta in [0, B] with ||Q(y + beta (z - y)) - x|| <=
     ||z - x||, started on [0, 1] or [1, B] by the sign at beta = 1. Searching up to v* follows
     the authors' code (its bracket runs from the sphere to v*): a small step that rounding would
@@ -39,7 +39,7 @@ def q_out(z: Tensor, y: Tensor, x: Tensor, v_star: Tensor, iters: int = 8) -> Te
     at_one = l2_norm(quantize_step(y, d, torch.ones_like(target)) - x) <= target
     lo = torch.where(at_one, torch.zeros_like(target), torch.ones_like(target))
     hi = torch.where(at_one, torch.ones_like(target), top)
-    for _ in range(iters):
+    for _ in range(line_search_steps):
         mid = (lo + hi) / 2
         above = l2_norm(quantize_step(y, d, mid) - x) > target
         lo = torch.where(above, mid, lo)

@@ -18,10 +18,10 @@ from torch import Tensor
 from ..smoothing import LaplacianSmoother, check_smoothing_options
 from .base import Attack, AttackContext, BestTracker, check_count, check_positive
 from .losses import margin_loss
-from .norms import clip_box, quantize as quantize_8bit
+from ..ops.norms import clip_box, quantize as quantize_8bit
 from .registry import register_attack
 
-_LOGIT_EPS = 1e-6  # sigma^{-1} is infinite on {0, 1}: clean pixels are pulled in by this much
+_LOGIT_MARGIN = 1e-6  # sigma^{-1} is infinite on {0, 1}: clean pixels are pulled in by this much
 
 
 @register_attack("cw_l2")
@@ -66,7 +66,7 @@ class CarliniWagnerL2(Attack):
 
     def _init_latent(self, x: Tensor, state: Any) -> Tensor:
         """z_0 = sigma^{-1}(x): the search starts at the clean image."""
-        return torch.logit(x.clamp(_LOGIT_EPS, 1.0 - _LOGIT_EPS))
+        return torch.logit(x.clamp(_LOGIT_MARGIN, 1.0 - _LOGIT_MARGIN))
 
     def _perturb(self, z: Tensor, x: Tensor, state: Any) -> tuple[Tensor, Tensor]:
         """(x_adv, r) of eq. 2.18: x_adv = sigma(z), r = x_adv - x."""
@@ -121,22 +121,22 @@ class SmoothCarliniWagnerL2(CarliniWagnerL2):
         smooth_alpha: alpha of eq. 4.3; None picks the thesis value by image size (0.95 up to
             32x32 pixels, 0.997 above).
         solver: "auto" (dense inverse up to 32x32 pixels, CG above), "dense" or "cg".
-        cg_iters: CG iterations (thesis 4.4.1: 50).
+        cg_steps: CG iterations (thesis 4.4.1: 50).
         graph: options of ``smoothing.image_graph`` (feature_kernel, sigma_f, sigma_s, neighbours).
     Default lr 0.1: z lives in pixel units here (not logits), so C&W's 0.5 overshoots.
     """
 
     name = "scw_l2"
 
-    def __init__(self, smooth_alpha: float | None = None, solver: str = "auto", cg_iters: int = 50,
+    def __init__(self, smooth_alpha: float | None = None, solver: str = "auto", cg_steps: int = 50,
                  graph: dict | None = None, lr: float = 0.1, **kw) -> None:
         super().__init__(lr=lr, **kw)
-        check_smoothing_options(smooth_alpha, solver, cg_iters)
-        self.smooth_alpha, self.solver, self.cg_iters = smooth_alpha, solver, int(cg_iters)
+        check_smoothing_options(smooth_alpha, solver, cg_steps)
+        self.smooth_alpha, self.solver, self.cg_steps = smooth_alpha, solver, int(cg_steps)
         self.graph = dict(graph or {})
 
     def _prepare(self, x: Tensor) -> LaplacianSmoother:
-        return LaplacianSmoother(x, self.smooth_alpha, self.solver, self.cg_iters, **self.graph)
+        return LaplacianSmoother(x, self.smooth_alpha, self.solver, self.cg_steps, **self.graph)
 
     def _init_latent(self, x: Tensor, state: LaplacianSmoother) -> Tensor:
         return torch.zeros_like(x)

@@ -21,14 +21,14 @@ from ..featspace.stats import ActivationStats, default_planes
 from .base import Attack, AttackContext, check_count, check_positive
 from .features import LayerTap, find_layers
 from .losses import is_adversarial, margin_loss
-from .norms import clip_box, quantize as quantize_8bit, view_as_batch
+from ..ops.norms import clip_box, quantize as quantize_8bit, view_as_batch
 from .registry import register_attack
 
 
 @register_attack("d2b")
 class D2B(Attack):
-    """D2B with a fixed quantile bound ("D2B-k" with eps = ``quantile``; the authors' PGD-calibrated
-    eps is not reproduced).
+    """D2B with a fixed quantile bound ("D2B-k" with the paper's epsilon = ``quantile``; the authors'
+    PGD-calibrated epsilon is not reproduced).
 
     Args:
         stats: activation statistics file (``python -m advtrain.featspace stats``) fitted on the
@@ -36,7 +36,8 @@ class D2B(Attack):
             itself (a stand-in with a warning; the evaluation fits training-split statistics instead).
         layers: throttle planes (module paths); default: the statistics' planes, else the first two
             convolutions (pre-activation, as the paper's VGG conv*_2 planes).
-        quantile: eps, the allowed quantile shift per neuron, in (0, 1); a float or {plane: eps}.
+        quantile: the allowed quantile shift per neuron (the paper's epsilon), in (0, 1); a float or
+            {plane: quantile}.
         steps, step_size: signed steps x <- clip(x - step_size sign(grad J)).
         confidence: kappa of the hinge; a sample stops once its hinge reaches 0 inside the bound.
         barrier_weight, barrier_power, barrier_start: lambda = 1e4, N = 200, p = 0.5 (official code).

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from .base import Attack, AttackContext, BestTracker, check_count, check_positive
-from .norms import clip_box, l2_norm, normalize_l2, project_sphere, quantize as quantize_8bit
+from ..ops.norms import clip_box, l2_norm, normalize_l2, project_sphere, quantize as quantize_8bit
 from .registry import register_attack
 
 

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from .base import Attack, AttackContext, BestTracker, check_count, check_positive
-from .norms import clip_box, l2_norm, quantize as quantize_8bit, view_as_batch
+from ..ops.norms import clip_box, l2_norm, quantize as quantize_8bit, view_as_batch
 from .registry import register_attack
 
 

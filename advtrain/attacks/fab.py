@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from .base import Attack, AttackContext, BestTracker, check_count, check_positive
-from .norms import DUAL_NORMS, NORMS, clip_box, normalize_l2, project_hyperplane_box, quantize as quantize_8bit, \
+from ..ops.norms import DUAL_NORMS, NORMS, clip_box, normalize_l2, project_hyperplane_box, quantize as quantize_8bit, \
     view_as_batch
 from .registry import register_attack
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .base import AttackContext, check_count, check_positive
 from .features import LayerTap, find_layers, layer_hooks, layer_names
 from .momentum import MomentumIterative
-from .norms import project_linf, view_as_batch
+from ..ops.norms import project_linf, view_as_batch
 from .registry import register_attack
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.ELU, nn.Hardswish, nn.Tanh, nn.Mish)

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from .base import Attack, AttackContext, BestTracker, check_count, check_positive
 from .ddn import cosine_step
-from .norms import DUAL_NORMS, NORMS, box_radius, normalize_l2, project_ball, quantize as quantize_8bit
+from ..ops.norms import DUAL_NORMS, NORMS, box_radius, normalize_l2, project_ball, quantize as quantize_8bit
 from .registry import register_attack
 
 

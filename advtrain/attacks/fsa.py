@@ -19,7 +19,7 @@ from ..featspace.decoder import Decoder, channel_stats
 from ..featspace.encoder import Encoder
 from .base import Attack, AttackContext, check_count, check_positive
 from .losses import is_adversarial, margin_loss
-from .norms import quantize as quantize_8bit
+from ..ops.norms import quantize as quantize_8bit
 from .registry import register_attack
 
 
@@ -37,7 +37,7 @@ class FSA(Attack):
     Args:
         encoder, decoder: safetensors files (the decoder must have been trained for this encoder),
             or loaded :class:`Encoder` / :class:`Decoder` objects.
-        bound: p = e^eps, the largest factor on each channel's std and |mean| (1.5 untargeted in
+        bound: p (the paper's e^epsilon), the largest factor on each channel's std and |mean| (1.5 untargeted in
             the paper, 2 targeted); > 1.
         steps, lr: Adam iterations and learning rate (beta1 = 0.5).
         adv_weight, confidence: weight and kappa of the hinge (per sample, not the code's
@@ -64,7 +64,7 @@ class FSA(Attack):
         check_positive("adv_weight", adv_weight)
         check_positive("confidence", confidence, allow_zero=True)
         if not isinstance(bound, (int, float)) or not bound > 1.0:
-            raise ValueError(f"bound must be > 1 (the factor e^eps on channel std and mean), got {bound!r}")
+            raise ValueError(f"bound must be > 1 (the factor on channel std and mean), got {bound!r}")
         if encoder is None or decoder is None:
             raise ValueError("fsa needs encoder and decoder files: python -m advtrain.featspace decoder "
                              "--config configs/featspace_mnist_decoder.yaml")
@@ -91,7 +91,6 @@ class FSA(Attack):
         best = x.clone()
         best_content = torch.full((n,), float("inf"), device=x.device)
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
-        eps = self.log_bound
         for i in range(self.steps + 1):
             last = i == self.steps
             with torch.set_grad_enabled(not last):
@@ -114,6 +113,6 @@ class FSA(Attack):
             ctx.grads += 1
             opt.step()
             with torch.no_grad():
-                tau.clamp_(-eps, eps)
+                tau.clamp_(-self.log_bound, self.log_bound)
         self.last_scalings = tau.detach().exp()  # diagnostics: (std, mean) factors, [2, B, C, 1, 1]
         return best

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from .base import Attack, AttackContext, check_count, check_positive
 from .losses import is_adversarial
-from .norms import clip_box, normalize_l2, project_l2, project_linf, view_as_batch
+from ..ops.norms import clip_box, normalize_l2, project_l2, project_linf, view_as_batch
 from .registry import register_attack
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import Attack, AttackContext, check_count, check_positive
-from .norms import project_linf, view_as_batch
+from ..ops.norms import project_linf, view_as_batch
 from .registry import register_attack
 
 

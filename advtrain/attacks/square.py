@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .base import Attack, AttackContext, check_count, check_fraction, check_positive, check_seed
 from .losses import is_adversarial
-from .norms import clip_box, l2_norm, project_linf, project_sphere, quantize as quantize_8bit, view_as_batch
+from ..ops.norms import clip_box, l2_norm, project_linf, project_sphere, quantize as quantize_8bit, view_as_batch
 from .registry import register_attack
 
 #: iterations (of a 10,000-query budget) after which p halves (Sec. 4, rescaled to ``queries``)

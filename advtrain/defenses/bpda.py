@@ -32,7 +32,7 @@ class _BPDA(torch.autograd.Function):
 class BPDA(nn.Module):
     """A defense attacked through BPDA; its forward output is exactly the defense's."""
 
-    differentiable = True
+    needs_bpda = False  # it is the BPDA
 
     def __init__(self, defense: nn.Module, approx: Callable[[Tensor], Tensor] | None = None) -> None:
         super().__init__()

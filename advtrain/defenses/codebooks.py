@@ -33,11 +33,11 @@ def check_kind(kind: str) -> None:
 
 
 class Codebook(nn.Module):
-    """A quantizer per slice; ``quantize(patches [m, N, dim]) -> nearest codewords``, same shape."""
+    """Vector quantization per slice: ``to_codewords(patches [m, N, dim])``, each one's nearest codeword."""
 
     kind: ClassVar[str] = ""
 
-    def quantize(self, patches: Tensor) -> Tensor:
+    def to_codewords(self, patches: Tensor) -> Tensor:
         raise NotImplementedError
 
     def meta(self) -> dict[str, Any]:
@@ -64,7 +64,7 @@ class PQCodebook(Codebook):
         m, k, dim = self.centroids.shape
         return {"kind": self.kind, "K": k, "slices": m, "dim": dim}
 
-    def quantize(self, patches: Tensor) -> Tensor:
+    def to_codewords(self, patches: Tensor) -> Tensor:
         """Nearest codeword of each patch in its slice's codebook (L2 nearest neighbour)."""
         m = patches.shape[0]
         idx = self.nearest(patches)
@@ -155,20 +155,20 @@ class E8Codebook(Codebook):
     def meta(self) -> dict[str, Any]:
         return {"kind": "e8", "scale": self.lattice.scale}
 
-    def quantize(self, patches: Tensor) -> Tensor:
-        return from_position_vectors(self.lattice.quantize(per_position_vectors(patches, 8)))
+    def to_codewords(self, patches: Tensor) -> Tensor:
+        return from_position_vectors(self.lattice.nearest_point(per_position_vectors(patches, 8)))
 
-    def quantize_map(self, feat: Tensor) -> Tensor:
+    def to_codewords_map(self, feat: Tensor) -> Tensor:
         """Every depth-8 pixel vector of ``feat [B, 8m, H, W]`` decoded in place (slice k: channels
         8k..8k+7). A patch's quantization is that of its pixels, so with the pointwise strategies
         (plain, linf, linear) the average of overlapping patches is this map, exactly and 9x cheaper."""
         b, ch, h, w = feat.shape
         # decoded with the 8 coordinates contiguous: reductions over them ~1.7x faster than strided
         vectors = feat.reshape(b, ch // 8, 8, h * w).transpose(2, 3).contiguous()
-        return self.lattice.quantize(vectors).transpose(2, 3).reshape(b, ch, h, w)
+        return self.lattice.nearest_point(vectors).transpose(2, 3).reshape(b, ch, h, w)
 
 
-def fit_kmeans(patches: Tensor, K: int, universal: bool = False, niter: int = 20, seed: int = 0,
+def fit_kmeans(patches: Tensor, K: int, universal: bool = False, kmeans_steps: int = 20, seed: int = 0,
                gpu: bool | None = None, progress: bool | None = None, label: str = "",
                points_per_codeword: int = 64) -> PQCodebook:
     """Fit a PQ (per slice) or universal k-means codebook of ``K`` codewords with faiss.
@@ -197,7 +197,7 @@ def fit_kmeans(patches: Tensor, K: int, universal: bool = False, niter: int = 20
     cents = []
     for k in progress_bar(range(data.shape[0]), data.shape[0], progress, f"k-means {label}".strip()):
         x = np.ascontiguousarray(data[k].detach().float().cpu().numpy())
-        km = faiss.Kmeans(dim, K, niter=niter, seed=seed + k, gpu=bool(gpu), verbose=False,
+        km = faiss.Kmeans(dim, K, niter=kmeans_steps, seed=seed + k, gpu=bool(gpu), verbose=False,
                           max_points_per_centroid=points_per_codeword)
         km.train(x)
         cents.append(torch.from_numpy(km.centroids.copy()).view(K, dim))

@@ -13,9 +13,13 @@ from .bpda import bpda
 ATTACK_VIEWS = ("bpda", "direct", "blackbox")
 
 
-def is_differentiable(defense: nn.Module) -> bool:
-    """Each defense declares ``differentiable: bool``; undeclared ones are treated as not."""
-    return bool(getattr(defense, "differentiable", False))
+def needs_bpda(defense: nn.Module) -> bool:
+    """Each defense declares ``needs_bpda: bool``: True when its autograd gradient is not the one to
+    attack with (zero, shattered or random, Athalye et al. 2018); undeclared ones get BPDA."""
+    if hasattr(defense, "differentiable") and not hasattr(defense, "needs_bpda"):
+        raise TypeError(f"defense {defense_name(defense)}: attribute 'differentiable' was renamed to "
+                        "'needs_bpda' (its negation)")
+    return bool(getattr(defense, "needs_bpda", True))
 
 
 def defense_name(defense: nn.Module) -> str:
@@ -43,7 +47,7 @@ class Defended(nn.Module):
     @property
     def approximated(self) -> list[str]:
         """Names of the defenses an attack goes through with BPDA."""
-        return [defense_name(d) for d in self.defenses if not is_differentiable(d)]
+        return [defense_name(d) for d in self.defenses if needs_bpda(d)]
 
     def attack_view(self, view: str = "bpda",
                     approx: dict[str, Callable[[Tensor], Tensor]] | None = None) -> nn.Module:
@@ -58,6 +62,5 @@ class Defended(nn.Module):
         if view == "direct":
             return self
         approx = approx or {}
-        wrapped = [d if is_differentiable(d) else bpda(d, approx.get(defense_name(d)))
-                   for d in self.defenses]
+        wrapped = [bpda(d, approx.get(defense_name(d))) if needs_bpda(d) else d for d in self.defenses]
         return Defended(self.model, *wrapped)

@@ -26,7 +26,7 @@ def nearest_d8(v: Tensor, dim: int = -1) -> Tensor:
 
 
 class E8Lattice:
-    """The scaled lattice s·E8; ``quantize(v)`` maps each 8-vector to its nearest lattice point.
+    """The scaled lattice s·E8; ``nearest_point(v)`` maps each 8-vector to its nearest lattice point.
 
     Args:
         scale: s > 0; the lattice points are ``s * E8`` (smaller s: denser codewords).
@@ -42,7 +42,7 @@ class E8Lattice:
     def __repr__(self) -> str:
         return f"E8Lattice(scale={self.scale})"
 
-    def quantize(self, v: Tensor, dim: int = -1) -> Tensor:
+    def nearest_point(self, v: Tensor, dim: int = -1) -> Tensor:
         """Nearest point of ``scale * E8`` to each 8-vector of ``v`` along ``dim`` (exact)."""
         if v.dim() == 0 or v.shape[dim] != self.dim:
             raise ValueError(f"E8 quantizes 8-vectors: dimension {dim} must be 8, got {tuple(v.shape)}")

@@ -47,7 +47,8 @@ class LayerConfig:
             the first conv of C4); the module's output is replaced.
         a, c, d: patches (2a+1)x(2a+1), stride c, slice depth d (thesis 6.3.1).
         codebook: ``pq``, ``universal`` or ``e8`` (thesis 6.3.2); K codewords (k-means), scale (E8).
-        strategy, eps: ``plain``, ``l2``, ``linf`` or ``linear`` with parameter eps (eq. 6.3-6.5).
+        strategy, strength: ``plain``, ``l2``, ``linf`` or ``linear`` with its strength (the thesis'
+            epsilon, eq. 6.3-6.5: how far a patch moves toward its codeword).
     """
 
     layer: str = IMAGE
@@ -58,7 +59,7 @@ class LayerConfig:
     K: int = 256
     scale: float = 1.0
     strategy: str = "plain"
-    eps: float = 0.0
+    strength: float = 0.0
 
     def __post_init__(self) -> None:
         self.layer = IMAGE if self.layer in (0, "0") else str(self.layer)
@@ -71,7 +72,7 @@ class LayerConfig:
                 raise ValueError(f"E8 scale must be > 0, got {self.scale}")
         elif not isinstance(self.K, int) or self.K < 1:
             raise ValueError(f"K (codewords) must be a positive integer, got {self.K!r}")
-        get_strategy(self.strategy, self.eps)
+        get_strategy(self.strategy, self.strength)
 
     @property
     def geometry(self) -> PatchGeometry:
@@ -90,6 +91,10 @@ class LayerConfig:
         """What a fitted codebook depends on (the strategy can change without refitting)."""
         keys = ("layer", "a", "c", "d", "codebook") + (("scale",) if self.codebook == "e8" else ("K",))
         return {k: getattr(self, k) for k in keys}
+
+
+#: layer fields renamed since files were first saved (the strategy parameter ``eps`` is ``strength``)
+_SAVED_RENAMES = {"eps": "strength"}
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -121,7 +126,7 @@ class _Unfitted(Codebook):
         super().__init__()
         self.layer = layer
 
-    def quantize(self, patches: Tensor) -> Tensor:
+    def to_codewords(self, patches: Tensor) -> Tensor:
         raise RuntimeError(f"the codebook of layer {self.layer!r} is not fitted: call "
                            "PatchReplacement.fit(train_loader) or load one with codebooks=PATH")
 
@@ -133,7 +138,7 @@ class LayerReplacement(nn.Module):
     the original patches, so autograd gives the true gradient almost everywhere ("direct" view).
     """
 
-    differentiable = False
+    needs_bpda = True
 
     def __init__(self, config: LayerConfig, codebook: Codebook | None = None) -> None:
         super().__init__()
@@ -155,14 +160,14 @@ class LayerReplacement(nn.Module):
 
     def forward(self, feat: Tensor) -> Tensor:
         cfg = self.config
-        strategy = get_strategy(cfg.strategy, cfg.eps)
+        strategy = get_strategy(cfg.strategy, cfg.strength)
         if isinstance(self.codebook, E8Codebook) and cfg.strategy != "l2":
-            out = strategy(feat, _constant_like(self.codebook.quantize_map, feat))
+            out = strategy(feat, _constant_like(self.codebook.to_codewords_map, feat))
         elif isinstance(self.codebook, PQCodebook) and cfg.strategy == "plain":
             out = _constant_like(self._plain_pq, feat)
         else:
             patches, layout = extract_patches(feat, cfg.geometry)
-            out = fold_patches(strategy(patches, _constant_like(self.codebook.quantize, patches)), layout)
+            out = fold_patches(strategy(patches, _constant_like(self.codebook.to_codewords, patches)), layout)
         return out.clamp(0.0, 1.0) if cfg.layer == IMAGE else out
 
     def _plain_pq(self, feat: Tensor) -> Tensor:
@@ -188,12 +193,12 @@ class PatchReplacement(Defended):
         model: the classifier taking [0, 1] pixels.
         layers: a list of :class:`LayerConfig` (or dicts of its options).
         codebooks: a file written by :meth:`save`; its layers are used, and ``layers`` (if given)
-            may only change their strategy and eps.
+            may only change their strategy and strength.
 
     ``PatchReplacement(model, layers=[{"layer": "image", "K": 512}]).fit(train_loader)(x)``
     """
 
-    differentiable = False
+    needs_bpda = True
     name = "patch_replacement"
 
     def __init__(self, model: nn.Module, layers: Sequence[LayerConfig | dict[str, Any]] | None = None,
@@ -294,7 +299,7 @@ class PatchReplacement(Defended):
         return {i: _sample_rows(torch.cat(pools[i], dim=1), max_patches, gen) if pools[i] else torch.empty(0)
                 for i in todo}
 
-    def fit(self, batches: Iterable[Any], max_patches: int = 50_000, niter: int = 20, seed: int = 0,
+    def fit(self, batches: Iterable[Any], max_patches: int = 50_000, kmeans_steps: int = 20, seed: int = 0,
             gpu: bool | None = None, max_images: int | None = 10_000,
             progress: bool | None = None) -> "PatchReplacement":
         """Fit every k-means codebook on clean training patches (thesis 6.3.2); E8 needs none.
@@ -313,7 +318,7 @@ class PatchReplacement(Defended):
                 if patches.numel() == 0:
                     raise ValueError(f"no training patches were collected for layer {cfg.layer!r}")
                 self.set_codebook(i, fit_kmeans(patches, cfg.K, universal=cfg.codebook == "universal",
-                                                niter=niter, seed=seed, gpu=gpu,
+                                                kmeans_steps=kmeans_steps, seed=seed, gpu=gpu,
                                                 progress=progress, label=cfg.layer))
         finally:
             self.model.train(was_training)
@@ -329,7 +334,7 @@ class PatchReplacement(Defended):
 
     # ------------------------------------------------------------------------------- save / load
     def save(self, path: str | Path) -> Path:
-        """Codebooks + metadata (layer, a, c, d, K/scale, strategy, eps, model identity) as safetensors."""
+        """Codebooks + metadata (layer, a, c, d, K/scale, strategy, strength, model identity) as safetensors."""
         tensors: dict[str, Tensor] = {}
         for i, stage in enumerate(self.defenses):
             if not stage.fitted:
@@ -361,13 +366,14 @@ class PatchReplacement(Defended):
         elif header["model_sha256"] != weights_sha256(self.model):
             raise ValueError(f"{path} holds codebooks fitted for another {header['model']} (same architecture, "
                              "other weights): fit codebooks for this model")
-        saved = [LayerConfig(**{k: v for k, v in spec.items() if k != "codebook_meta"}) for spec in header["layers"]]
+        saved = [LayerConfig(**{_SAVED_RENAMES.get(k, k): v for k, v in spec.items() if k != "codebook_meta"})
+                 for spec in header["layers"]]
         _check_layers(self.model, saved)
         if overrides:
             if [o.codebook_fields() for o in overrides] != [s.codebook_fields() for s in saved]:
                 raise ValueError(f"{path} holds codebooks for layers {[s.codebook_fields() for s in saved]}; "
                                  f"the given layers {[o.codebook_fields() for o in overrides]} differ (only "
-                                 "strategy and eps may change without refitting)")
+                                 "strategy and strength may change without refitting)")
             saved = list(overrides)
         stages = []
         for i, (spec, cfg) in enumerate(zip(header["layers"], saved)):

@@ -1,7 +1,7 @@
 """Input-transform baseline defenses of thesis 6.2 / Table 6.3: bit-depth reduction, median
 smoothing, pixel deflection, and the bilateral filter of chapter 4. Pixels in [0, 1], NCHW.
 
-Each declares ``differentiable``: the ones that are not are attacked through BPDA (``bpda.py``).
+Each declares ``needs_bpda``: True for the ones attacked through BPDA (``bpda.py``).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks.norms import clip_box, quantize
+from ..ops.norms import clip_box, round_to_levels
 from .registry import register_defense
 
 
@@ -20,7 +20,7 @@ class BitDepth(nn.Module):
     """Bit-depth reduction to ``bits`` bits (Guo et al.; thesis 6.2.1): round(x (2^b-1)) / (2^b-1)."""
 
     name = "bit_depth"
-    differentiable = False  # piecewise constant: zero gradient almost everywhere
+    needs_bpda = True  # piecewise constant: zero gradient almost everywhere
 
     def __init__(self, bits: int = 3) -> None:
         super().__init__()
@@ -29,7 +29,7 @@ class BitDepth(nn.Module):
         self.bits = int(bits)
 
     def forward(self, x: Tensor) -> Tensor:
-        return quantize(x, levels=2 ** self.bits)
+        return round_to_levels(x, 2 ** self.bits)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
@@ -44,7 +44,7 @@ class MedianSmoothing(nn.Module):
     """
 
     name = "median"
-    differentiable = False  # a selection: gradients reach one pixel per window (shattered)
+    needs_bpda = True  # a selection: gradients reach one pixel per window (shattered)
 
     def __init__(self, size: int = 2) -> None:
         super().__init__()
@@ -110,7 +110,7 @@ class PixelDeflection(nn.Module):
     """
 
     name = "pixel_deflection"
-    differentiable = False  # random pixel copies
+    needs_bpda = True  # random pixel copies
 
     def __init__(self, deflections: int = 200, window: int = 10, sigma: float = 0.04,
                  levels: int = 1, use_map: bool = True) -> None:
@@ -159,7 +159,7 @@ class Bilateral(nn.Module):
     plugs another one in."""
 
     name = "bilateral"
-    differentiable = True  # smooth weights: gradients flow through it
+    needs_bpda = False  # smooth weights: gradients flow through it
 
     def __init__(self, sigma_s: float = 5.0, sigma_r: float = 5.0 / 255.0, radius: int | None = None,
                  filter_fn: Callable[..., Tensor] | None = None) -> None:

@@ -245,7 +245,7 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
         model: the evaluated classifier, possibly a ``Defended``; pixels in [0, 1].
         dataloader: yields (images, labels); the first ``n`` images form the test set of N' images.
         suite: ``"full"`` (every registered attack, thesis settings for ``dataset``), a suite name in
-            ``configs/suites``, a YAML file or a list of attack configs.
+            ``advtrain/evaluation/suites``, a YAML file or a list of attack configs.
         d_upp: P_upp's budget; default ``D_UPP[dataset]`` (thesis Table 5.2).
         quantize: ``"both"``, ``"yes"`` (8-bit adversarial images only) or ``"no"``.
         view: for a ``Defended`` model, what the attacks differentiate: ``"bpda"`` (default; non-

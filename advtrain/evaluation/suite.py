@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from dataclasses import asdict, dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,15 @@ import yaml
 
 from ..attacks import ATTACKS, Attack, build_attack
 from ..attacks.base import check_positive
+from ..data.specs import dataset_spec
 from ..registry import check_kwargs, valid_options
 
-SUITES_DIR = Path(__file__).resolve().parents[2] / "configs" / "suites"
+#: the named suite files (package data: found in an installed package too)
+SUITES_DIR = files(__package__) / "suites"
 SPEC_KEYS = ("attack", "label", "options", "budgets", "quantize_mode")
 #: "post": round the returned images (thesis 5.3, same as the attacks' own final rounding);
 #: "attack": the attack quantizes inside its loop (DDN, BP round each iterate), run it with quantize=True
 QUANTIZE_MODES = ("post", "attack")
-
-#: dataset name -> settings group of the thesis (MNIST, CIFAR10, ImageNet)
-DATASET_GROUP = {"mnist_embedded": "mnist", "mnist": "mnist", "cifar10": "cifar10", "imagefolder": "imagenet"}
 
 _LINF = {"mnist": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5],
          "cifar10": [1 / 255, 2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255, 24 / 255, 32 / 255],
@@ -136,9 +136,7 @@ class AttackSpec:
 
 
 def _group(dataset: str) -> str:
-    if dataset not in DATASET_GROUP:
-        raise ValueError(f"no thesis settings for dataset {dataset!r}; known: {', '.join(DATASET_GROUP)}")
-    return DATASET_GROUP[dataset]
+    return dataset_spec(dataset).group
 
 
 def full_suite(dataset: str = "mnist_embedded") -> list[AttackSpec]:
@@ -149,7 +147,7 @@ def full_suite(dataset: str = "mnist_embedded") -> list[AttackSpec]:
     specs = []
     for name in ATTACKS.canonical():
         if getattr(ATTACKS[name], "family", "") == "unrestricted":
-            continue  # no thesis settings and fitted files needed: configs/suites/unrestricted_mnist.yaml
+            continue  # no thesis settings and fitted files needed: suites/unrestricted_mnist.yaml
         row = THESIS_SETTINGS.get(name, {}).get(group)
         if row is None:
             warnings.warn(f"attack {name!r} has no thesis settings for {dataset}: running it with its defaults")
@@ -250,8 +248,8 @@ def parse_suite(entries: Any, where: str = "suite") -> list[AttackSpec]:
 
 
 def load_suite(suite: str | list | Path = "full", dataset: str = "mnist_embedded") -> list[AttackSpec]:
-    """``"reliable"``, ``"thesis"`` (= ``"full"``), ``"quick"``, a name in ``configs/suites/``, a YAML
-    file, or a list of configs/specs."""
+    """``"reliable"``, ``"thesis"`` (= ``"full"``), ``"quick"``, a name in ``advtrain/evaluation/suites/``
+    (``demo``, ``smoke``, ...), a YAML file, or a list of configs/specs."""
     if isinstance(suite, list):
         if all(isinstance(s, AttackSpec) for s in suite):
             return list(suite)
@@ -262,7 +260,8 @@ def load_suite(suite: str | list | Path = "full", dataset: str = "mnist_embedded
     if not path.is_file() and (SUITES_DIR / f"{suite}.yaml").is_file():
         path = SUITES_DIR / f"{suite}.yaml"
     if not path.is_file():
-        known = list(BUILTIN_SUITES) + sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+        known = list(BUILTIN_SUITES) + sorted(p.name.removesuffix(".yaml") for p in SUITES_DIR.iterdir()
+                                              if p.name.endswith(".yaml"))
         raise FileNotFoundError(f"suite {str(suite)!r} is neither a file nor a known suite ({', '.join(known)})")
     try:
         entries = yaml.safe_load(path.read_text())

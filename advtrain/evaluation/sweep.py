@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks.base import AttackContext, BestTracker, frozen_eval
-from ..attacks.norms import l2_norm, linf_norm, quantize as quantize_8bit
+from ..ops.norms import l2_norm, linf_norm, quantize as quantize_8bit
 from .metrics import summarize
 from .perceptual import perceptual, summarize_perceptual
 from .suite import AttackSpec

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..attacks.base import AttackContext, frozen_eval
 from ..attacks.features import find_layers
 from ..attacks.losses import get_loss
-from ..attacks.norms import l2_norm, linf_norm
+from ..ops.norms import l2_norm, linf_norm
 from ..distributed import batch_seed, broadcast, dist_info, gather, my_batches
 from .resume import canon as _canon, write_json as _write_json
 from .sweep import chunks as _chunks, predict as _predict

@@ -81,7 +81,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--zoo", default=None, help="folder of checkpoints (<name>/last.ckpt): sources and targets")
     p.add_argument("--sources", nargs="+", default=None, help="source models (default: the zoo)")
     p.add_argument("--targets", nargs="+", default=None, help="target models (default: the zoo)")
-    p.add_argument("--suite", default="transfer_mnist", help="attack suite (configs/suites name or YAML file)")
+    p.add_argument("--suite", default="transfer_mnist",
+                   help="attack suite (a name in advtrain/evaluation/suites or a YAML file)")
     p.add_argument("--data", default=None, help="dataset (default: the first checkpoint's; foolbox_imagenet)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--n", "--images", dest="n", type=int, default=None, help="test images N' (default 500 or all)")
@@ -118,7 +119,7 @@ def prepare(args: argparse.Namespace) -> dict:
     dataset = args.data or first_hp.get("dataset") or "mnist_embedded"
     n = args.n if args.n is not None else (None if dataset == "foolbox_imagenet" else 500)
     x, y = load_images(dataset, n, args.data_root, first_hp)
-    return {"specs": load_suite(args.suite, dataset if dataset != "foolbox_imagenet" else "imagefolder"),
+    return {"specs": load_suite(args.suite, dataset),
             "sources": {labels[key_of[s]]: loaded[key_of[s]][0] for s in sources},
             "targets": {labels[key_of[s]]: loaded[key_of[s]][0] for s in targets},
             "x": x, "y": y, "out": Path(args.out),

@@ -1,8 +1,9 @@
 """D2B's quantile bound and polynomial barrier (FEATURE_ATTACKS.md 1.2 steps 3-4, 1.8).
 
 For a benign activation a0 at quantile q = Phi((a0 - mu) / sigma) of its training distribution the
-allowed interval is [l, h] = mu + sigma Phi^-1([q - eps, q + eps]). A side where q -/+ eps leaves
-(0, 1) is unbounded (Phi^-1 = -/+inf): its ratio is masked to exactly 0, never inf / inf.
+allowed interval is [l, h] = mu + sigma Phi^-1([q - quantile, q + quantile]) (the paper's epsilon is
+D2B's ``quantile``). A side where q -/+ quantile leaves (0, 1) is unbounded (Phi^-1 = -/+inf): its
+ratio is masked to exactly 0, never inf / inf.
 With start p, c_l = a0 - p (a0 - l), c_h = a0 + p (h - a0):
 
     r(a) = relu((c_l - a) / (p (a0 - l))) + relu((a - c_h) / (p (h - a0))),   barrier = sum_j r_j^N
@@ -26,10 +27,10 @@ if TYPE_CHECKING:
 R_LINEAR = 1.25
 
 
-def check_quantile(eps: float) -> float:
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0.0 < float(eps) < 1.0:
-        raise ValueError(f"quantile must lie in (0, 1), got {eps!r}")
-    return float(eps)
+def check_quantile(quantile: float) -> float:
+    if not isinstance(quantile, (int, float)) or isinstance(quantile, bool) or not 0.0 < float(quantile) < 1.0:
+        raise ValueError(f"quantile must lie in (0, 1), got {quantile!r}")
+    return float(quantile)
 
 
 def floored_std(std: Tensor, rel_floor: float) -> Tensor:
@@ -42,16 +43,16 @@ def floored_std(std: Tensor, rel_floor: float) -> Tensor:
 class QuantileBound:
     """Per-input bounds of one plane, and the barrier ratios r of activations ``a`` against them."""
 
-    def __init__(self, a0: Tensor, mean: Tensor, std: Tensor, eps: float, start: float = 0.5) -> None:
-        eps = check_quantile(eps)
+    def __init__(self, a0: Tensor, mean: Tensor, std: Tensor, quantile: float, start: float = 0.5) -> None:
+        quantile = check_quantile(quantile)
         if not 0.0 < start <= 1.0:
             raise ValueError(f"barrier start must lie in (0, 1], got {start}")
         a0, mean, std = a0.detach().double(), mean.to(a0.device).double(), std.to(a0.device).double()
         q = torch.special.ndtr((a0 - mean) / std).clamp(0.0, 1.0)
-        self.lo_open = q - eps <= 0.0  # unbounded below
-        self.hi_open = q + eps >= 1.0  # unbounded above
-        lo = mean + std * torch.special.ndtri((q - eps).clamp(1e-300, 1.0))
-        hi = mean + std * torch.special.ndtri((q + eps).clamp(0.0, 1.0 - 1e-16))
+        self.lo_open = q - quantile <= 0.0  # unbounded below
+        self.hi_open = q + quantile >= 1.0  # unbounded above
+        lo = mean + std * torch.special.ndtri((q - quantile).clamp(1e-300, 1.0))
+        hi = mean + std * torch.special.ndtri((q + quantile).clamp(0.0, 1.0 - 1e-16))
         tiny = torch.finfo(torch.float64).tiny
         self.a0 = a0
         self.lo, self.hi = torch.where(self.lo_open, -torch.inf, lo), torch.where(self.hi_open, torch.inf, hi)
@@ -139,11 +140,11 @@ def barrier(r: Tensor, power: int = 200) -> Tensor:
     return (inside + slope * (r - R_LINEAR).clamp_min(0)).flatten(1).sum(1)
 
 
-def plane_bounds(stats: "ActivationStats", a0: dict[str, Tensor], eps: float | dict[str, float],
+def plane_bounds(stats: "ActivationStats", a0: dict[str, Tensor], quantile: float | dict[str, float],
                  rel_floor: float, start: float = 0.5) -> dict[str, QuantileBound]:
-    """A :class:`QuantileBound` per plane; ``eps`` one quantile for all planes or one per plane."""
+    """A :class:`QuantileBound` per plane; ``quantile`` one quantile for all planes or one per plane."""
     out = {}
     for k, a in a0.items():
-        e = eps[k] if isinstance(eps, dict) else eps
+        e = quantile[k] if isinstance(quantile, dict) else quantile
         out[k] = QuantileBound(a, stats.mean[k], floored_std(stats.std[k], rel_floor), e, start)
     return out

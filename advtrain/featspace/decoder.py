@@ -20,13 +20,13 @@ from .artifacts import check_bound_to, load_artifact, save_artifact
 from .encoder import Encoder
 
 KIND = "fsa-decoder"
-EPS = 1e-5  # sigma = sqrt(var + 1e-5), as the official code
+VAR_STABILITY = 1e-5  # sigma = sqrt(var + 1e-5), as the official code
 
 
 def channel_stats(b: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample, per-channel spatial mean and std (Eq. 5), shaped [B, C, 1, 1]."""
     mu = b.mean(dim=(2, 3), keepdim=True)
-    return mu, (b.var(dim=(2, 3), keepdim=True, unbiased=False) + EPS).sqrt()
+    return mu, (b.var(dim=(2, 3), keepdim=True, unbiased=False) + VAR_STABILITY).sqrt()
 
 
 def adain(content: Tensor, style: Tensor) -> Tensor:

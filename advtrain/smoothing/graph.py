@@ -15,13 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.norms import TINY
+
 FEATURE_KERNELS = ("laplacian", "gaussian")
 NEIGHBOURHOODS = {4: ((-1, 0), (1, 0), (0, -1), (0, 1)),
                   8: ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))}
 #: thesis 4.4.1 uses a Laplacian feature kernel; its deviation is not given, 0.1 (pixel units)
 #: makes an edge of contrast 1 cut the graph (weight e^-10) while keeping flat areas connected.
 DEFAULT_SIGMA_F = 0.1
-_EPS = 1e-12
 
 
 def shift(v: Tensor, dy: int, dx: int) -> Tensor:
@@ -73,7 +74,7 @@ class ImageGraph:
         Equals (1/2) sum_ij w_ij ||r-hat_i - r-hat_j||^2 / ||r||^2: low when r is smooth like x_o.
         """
         num = (r * (r - self.adjacency_matvec(r))).flatten(1).sum(1)
-        return num / r.flatten(1).square().sum(1).clamp_min(_EPS)
+        return num / r.flatten(1).square().sum(1).clamp_min(TINY)
 
 
 def image_graph(x_o: Tensor, feature_kernel: str = "laplacian", sigma_f: float = DEFAULT_SIGMA_F,
@@ -106,6 +107,6 @@ def image_graph(x_o: Tensor, feature_kernel: str = "laplacian", sigma_f: float =
         k_s = math.exp(-(dy * dy + dx * dx) / (2 * sigma_s ** 2))
         raw.append(k_f * k_s * shift(inside, dy, dx))
     w = torch.cat(raw, dim=1)  # [B, K, H, W]
-    inv_sqrt_deg = w.sum(1, keepdim=True).clamp_min(_EPS).rsqrt()
+    inv_sqrt_deg = w.sum(1, keepdim=True).clamp_min(TINY).rsqrt()
     neighbour_isd = torch.cat([shift(inv_sqrt_deg, dy, dx) for dy, dx in offsets], dim=1)
     return ImageGraph(offsets=offsets, weights=w * inv_sqrt_deg * neighbour_isd)

@@ -30,14 +30,14 @@ def default_alpha(height: int, width: int) -> float:
     return 0.95 if height * width <= DENSE_MAX_PIXELS else 0.997
 
 
-def check_smoothing_options(alpha: float | None, solver: str, iters: int) -> None:
+def check_smoothing_options(alpha: float | None, solver: str, cg_steps: int) -> None:
     """Validate the options shared by the smoother and the smooth attacks (qPGD2, sC&W)."""
     if alpha is not None:
         check_alpha(alpha)
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
-    if iters < 1:
-        raise ValueError(f"CG iterations must be >= 1, got {iters}")
+    if cg_steps < 1:
+        raise ValueError(f"cg_steps (CG iterations) must be >= 1, got {cg_steps}")
 
 
 class LaplacianSmoother:
@@ -49,23 +49,23 @@ class LaplacianSmoother:
         solver: "dense" (direct: banded Cholesky on CPU, pre-computed inverse on other devices),
             "cg" (matrix-free conjugate gradient) or "auto"
             (dense up to ``DENSE_MAX_PIXELS`` pixels, CG above).
-        iters: CG iterations (fixed count, thesis 4.4.1: 50).
+        cg_steps: CG iterations (fixed count, thesis 4.4.1: 50).
         **graph_options: ``feature_kernel``, ``sigma_f``, ``sigma_s``, ``neighbours`` of ``image_graph``.
 
     Calling it on z [B, C, H, W] (any C; every channel is smoothed on the same graph) returns
     s-hat_alpha(z), differentiable in z through a custom backward.
     """
 
-    def __init__(self, x_o: Tensor, alpha: float | None = 0.95, solver: str = "auto", iters: int = 50,
+    def __init__(self, x_o: Tensor, alpha: float | None = 0.95, solver: str = "auto", cg_steps: int = 50,
                  **graph_options) -> None:
-        check_smoothing_options(alpha, solver, iters)
+        check_smoothing_options(alpha, solver, cg_steps)
         self.graph: ImageGraph = image_graph(x_o, **graph_options)
         b, h, w = self.graph.shape
         alpha = default_alpha(h, w) if alpha is None else alpha
         if solver == "auto":
             solver = "dense" if h * w <= DENSE_MAX_PIXELS else "cg"
         self.alpha, self.solver_name = float(alpha), solver
-        self._solve = direct_solver(self.graph, alpha) if solver == "dense" else CGSolver(self.graph, alpha, iters)
+        self._solve = direct_solver(self.graph, alpha) if solver == "dense" else CGSolver(self.graph, alpha, cg_steps)
         with torch.no_grad():
             ones = torch.ones(b, 1, h, w, dtype=x_o.dtype, device=x_o.device)
             self.row_sums = self._solve(ones)  # s_alpha(1_n), [B, 1, H, W], positive

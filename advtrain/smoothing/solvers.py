@@ -89,8 +89,8 @@ def direct_solver(graph: ImageGraph, alpha: float) -> Callable[[Tensor], Tensor]
     return BandedSolver(graph, alpha) if graph.weights.device.type == "cpu" else DenseSolver(graph, alpha)
 
 
-def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int) -> Tensor:
-    """``iters`` iterations of CG for the SPD systems matvec(r) = b, batched over [B, C] (no early stop).
+def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, cg_steps: int) -> Tensor:
+    """``cg_steps`` iterations of CG for the SPD systems matvec(r) = b, batched over [B, C] (no early stop).
 
     Starts from r = 0; a system whose residual vanishes stays put (no 0/0).
     """
@@ -99,7 +99,7 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int
     res = b.clone()
     p = res.clone()
     rs = res.square().sum(dims, keepdim=True)
-    for _ in range(iters):
+    for _ in range(cg_steps):
         ap = matvec(p)
         p_ap = (p * ap).sum(dims, keepdim=True)
         step = torch.where(p_ap > 0, rs / p_ap.clamp_min(torch.finfo(b.dtype).tiny), 0.0)
@@ -115,10 +115,10 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int
 class CGSolver:
     """Matrix-free batched conjugate gradient with a fixed iteration count (thesis 4.3.2, 4.4.1)."""
 
-    def __init__(self, graph: ImageGraph, alpha: float, iters: int = 50) -> None:
-        if iters < 1:
-            raise ValueError(f"iters must be >= 1, got {iters}")
-        self.graph, self.alpha, self.iters = graph, alpha, int(iters)
+    def __init__(self, graph: ImageGraph, alpha: float, cg_steps: int = 50) -> None:
+        if cg_steps < 1:
+            raise ValueError(f"cg_steps must be >= 1, got {cg_steps}")
+        self.graph, self.alpha, self.cg_steps = graph, alpha, int(cg_steps)
 
     def __call__(self, z: Tensor) -> Tensor:
-        return conjugate_gradient(lambda v: laplacian_matvec(self.graph, self.alpha, v), z, self.iters)
+        return conjugate_gradient(lambda v: laplacian_matvec(self.graph, self.alpha, v), z, self.cg_steps)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import ATTACKS, Attack, build_attack
-from ..attacks.norms import project_l2
+from ..ops.norms import project_l2
 from ..registry import valid_options
 
 #: iterations of iterative inner-loop attacks when unspecified (thesis 5.5: DDN/BP at 20 iterations)

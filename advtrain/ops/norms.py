@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_EPS = 1e-12
+#: floor of a divisor (a norm, a degree) that may be 0
+TINY = 1e-12
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -49,10 +50,15 @@ def clip_box(x: Tensor) -> Tensor:
     return x.clamp(0.0, 1.0)
 
 
-def quantize(x: Tensor, levels: int = 256) -> Tensor:
-    """Q(x) = round((l-1) x) / (l-1): 8-bit rounding for ``levels=256`` (thesis 5.3)."""
+def round_to_levels(x: Tensor, levels: int) -> Tensor:
+    """round((l-1) x) / (l-1): ``levels`` evenly spaced values on [0, 1] (bit-depth reduction)."""
     s = levels - 1
     return torch.round(x * s) / s
+
+
+def quantize(x: Tensor) -> Tensor:
+    """Q(x): 8-bit rounding onto the 1/255 grid (thesis 5.3); the only meaning of "quantize"."""
+    return round_to_levels(x, 256)
 
 
 def project_linf(x_adv: Tensor, x: Tensor, eps: Tensor | float) -> Tensor:
@@ -66,7 +72,7 @@ def project_l2(x_adv: Tensor, x: Tensor, eps: Tensor | float) -> Tensor:
     delta = x_adv - x
     norm = l2_norm(delta)
     eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand_as(norm)
-    factor = torch.where(norm > eps_t, eps_t / norm.clamp_min(_EPS), torch.ones_like(norm))
+    factor = torch.where(norm > eps_t, eps_t / norm.clamp_min(TINY), torch.ones_like(norm))
     return clip_box(x + delta * view_as_batch(factor, delta))
 
 
