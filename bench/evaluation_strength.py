@@ -12,7 +12,7 @@ Attacks of the suite not registered in this checkout are skipped with a message.
 trained once (``advtrain.training.plain_loop``: Madry's recipe, see
 ``configs/mnist_embedded_madry_linf.yaml``) and cached in ``.cache/models``.
 
-    .venv/bin/python bench/evaluation_strength.py --n 100 [--model lenet] [--epochs 12] [--no-peers]
+    .venv/bin/python bench/evaluation_strength.py --n 200 [--model lenet --lr 1e-4] [--epochs 12] [--no-peers]
     .venv/bin/python bench/evaluation_strength.py --n 64 --suite thesis      # the thesis settings instead
 """
 from __future__ import annotations
@@ -115,7 +115,7 @@ def row(label: str, success: Tensor, dist: Tensor, seconds: float | None) -> str
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=100, help="first N test images (the correct ones are attacked)")
-    p.add_argument("--model", default="lenet", help="lenet (Madry's net) or c4")
+    p.add_argument("--model", default="c4", help="c4 (default) or lenet (Madry's net; with --lr 1e-4)")
     p.add_argument("--epochs", type=int, default=12, help="epochs of Madry's recipe")
     p.add_argument("--pgd-steps", type=int, default=None, help="cheaper recipe: inner PGD steps (default 40)")
     p.add_argument("--pgd-alpha", type=float, default=None, help="cheaper recipe: inner PGD step (default 0.01)")

@@ -21,7 +21,7 @@ C4_RECIPE = "c4-adam1e-3-bs64-ep6-seed0-v1"
 #: 2 epochs of PGD-5 (step 0.1, random start) from scratch; clean accuracy 0.77, Linf PGD-40
 #: accuracy 0.31 on the 500 test images, and 20-iteration DDN (quantized) succeeds on 0.47 of the
 #: correct ones (issue 11's masking). Pre-training 2 clean epochs then 2 epochs of PGD-3 gave 0.61
-#: clean accuracy. The full recipe: ``madry_recipe("lenet")`` (``make test-slow``, the bench).
+#: clean accuracy. The full recipe: ``madry_recipe("c4")`` (``make test-slow``, the bench).
 MADRY_TEST_RECIPE = madry_recipe("c4", epochs=2, steps=5, alpha=0.1)
 
 
@@ -67,10 +67,10 @@ def madry_c4() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="session")
-def madry_lenet() -> torch.nn.Module:
-    """Madry's LeNet-style net by the full recipe (``madry_recipe("lenet")``, as
-    configs/mnist_embedded_madry_linf.yaml): for slow tests; trained once, cached in .cache/tests."""
-    return cached_model(madry_recipe("lenet"), CACHE, log=True)
+def madry_full() -> torch.nn.Module:
+    """C4 by Madry's full recipe (``madry_recipe("c4")``, as configs/mnist_embedded_madry_linf.yaml):
+    for slow tests; trained once (~26 min on one thread), cached in .cache/tests."""
+    return cached_model(madry_recipe("c4"), CACHE, log=True)
 
 
 @pytest.fixture(scope="session")

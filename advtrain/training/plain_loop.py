@@ -116,7 +116,12 @@ def cached_model(recipe: Recipe, cache_dir: str | Path, log: bool = False) -> nn
 MADRY_PGD = {"eps": 0.3, "steps": 40, "alpha": 0.01, "random_start": True}
 
 
-def madry_recipe(model: str = "lenet", epochs: int = 12, **pgd: Any) -> Recipe:
-    """Madry's recipe for ``model`` (``pgd`` overrides the inner PGD's options: cheaper versions)."""
-    return Recipe(model=model, epochs=epochs, attack="pgd_linf", attack_options={**MADRY_PGD, **pgd},
+def madry_recipe(model: str = "c4", epochs: int = 12, lr: float = 1e-3, **pgd: Any) -> Recipe:
+    """Madry's recipe for ``model`` (``pgd`` overrides the inner PGD's options: cheaper versions).
+
+    Measured (bench/train_madry.py, 1 thread): C4, 12 epochs at lr 1e-3: Linf PGD-40 accuracy 0.642,
+    clean 0.972 on 500 test images, ~130 s an epoch (26 min). Madry's LeNet collapses to a constant
+    classifier at lr 1e-3 (clean 0.096 after one epoch); at Madry's lr 1e-4 it reaches only 0.422
+    (clean 0.920) after 12 epochs (~170 s an epoch): it needs more epochs than 4,000 digits x 12."""
+    return Recipe(model=model, epochs=epochs, lr=lr, attack="pgd_linf", attack_options={**MADRY_PGD, **pgd},
                   adv_weight=1.0)
