@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..smoothing.bilateral import DEFAULT_SIGMA_R, DEFAULT_SIGMA_S, bilateral_filter
 
-_EPS = 1e-8
+_STD_FLOOR = 1e-8  # keeps the division finite on flat images (a floor, not a budget)
 #: the least display scale s, in local deviations: one 8-bit level is ~0.013 of them on an image of
 #: deviation 0.3, so magnifications below 0.01 are float rounding in the filters, not perturbations
 MIN_SCALE = 0.01
@@ -28,7 +28,7 @@ def adversarial_magnification(img: Tensor, beta: float = 0.8, sigma_s: float = D
     centred = img - mean
     local_std = bilateral_filter(centred.square(), sigma_s, sigma_r, guide=img).clamp_min(0).sqrt()
     global_std = img.flatten(2).std(dim=2, unbiased=False)[..., None, None]
-    return centred / (beta * local_std + (1.0 - beta) * global_std + _EPS)
+    return centred / (beta * local_std + (1.0 - beta) * global_std + _STD_FLOOR)
 
 
 def magnify(x: Tensor, x_adv: Tensor, beta: float = 0.8, sigma_s: float = DEFAULT_SIGMA_S,

@@ -248,8 +248,8 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
             ``advtrain/evaluation/suites``, a YAML file or a list of attack configs.
         d_upp: P_upp's budget; default ``D_UPP[dataset]`` (thesis Table 5.2).
         quantize: ``"both"``, ``"yes"`` (8-bit adversarial images only) or ``"no"``.
-        view: for a ``Defended`` model, what the attacks differentiate: ``"bpda"`` (default; non-
-            differentiable defenses get BPDA), ``"direct"`` (no BPDA) or ``"blackbox"`` (the
+        view: for a ``Defended`` model, what the attacks differentiate: ``"bpda"`` (default; defenses
+            declaring ``needs_bpda`` are approximated by BPDA), ``"direct"`` (no BPDA) or ``"blackbox"`` (the
             undefended model; success still scored on the defended one, thesis Table 6.2).
         out_dir: results.json and the examples (examples.pt, adversarials.pt) are written there after
             every attack; a rerun skips finished attacks.
