@@ -113,9 +113,7 @@ class D2B(Attack):
         """(logits, hinge, barrier, in-bound) of iterates ``x`` of the samples ``idx``."""
         logits = ctx.forward(x)
         hinge = margin_loss(logits, labels, targets, self.confidence)
-        full = idx.numel() == len(ctx.x)  # all samples active: the bounds as they are, no gather
-        bars, r_max = zip(*(bounded_barrier(b, tap[k], None if full else idx, self.barrier_power)
-                            for k, b in bounds.items()))
+        bars, r_max = zip(*(bounded_barrier(b, tap[k], idx, self.barrier_power) for k, b in bounds.items()))
         bar = sum(bars)
         inside = torch.stack(r_max).amax(0) <= 1.0
         return logits, hinge, bar, inside
