@@ -57,29 +57,31 @@ class QuantileBound:
         self.a0 = a0
         self.lo, self.hi = torch.where(self.lo_open, -torch.inf, lo), torch.where(self.hi_open, torch.inf, hi)
         w_lo, w_hi = start * (a0 - lo).clamp_min(tiny), start * (hi - a0).clamp_min(tiny)
-        # an open side gets c = -/+inf and 1/w = 1: its term is -inf, clamped to exactly 0 (no inf / inf)
+        # r = (a - clamp(a, c_l, c_h)) s: the slope s is -1/w_l below the central part, 1/w_h above; an
+        # open side gets c = -/+inf and s = -/+1 (its excess is never nonzero: r is exactly 0, no inf / inf)
         self._params = torch.stack([torch.where(self.lo_open, -torch.inf, a0 - w_lo),
                                     torch.where(self.hi_open, torch.inf, a0 + w_hi),
-                                    torch.where(self.lo_open, 1.0, 1.0 / w_lo),
-                                    torch.where(self.hi_open, 1.0, 1.0 / w_hi)])  # c_l, c_h, 1/w_l, 1/w_h
+                                    torch.where(self.lo_open, -1.0, -1.0 / w_lo),
+                                    torch.where(self.hi_open, 1.0, 1.0 / w_hi)])  # c_l, c_h, s_l, s_h
         self._cast: dict[torch.dtype, Tensor] = {}
         self._gathered: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
 
     def ratio(self, a: Tensor, index: Tensor | None = None) -> Tensor:
         """r per neuron for activations ``a`` of the samples ``index`` (default all); at most one side
-        is positive, so r = relu(max(lower term, upper term)).
+        is outside: r = (a - clamp(a, c_l, c_h)) s_side.
 
         Computed in float64 for float64 activations, else in float32: the bounds are derived in
         float64 once, and r only needs float32's relative precision (the in-bound test is r <= 1;
         ``barrier`` keeps r^N finite in float32 by its linear continuation). Half the cost of
         float64 elementwise work on the attack's every step."""
         dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
-        c_lo, c_hi, inv_lo, inv_hi = self.params(dtype, index)
+        c_lo, c_hi, s_lo, s_hi = self.params(dtype, index)
         a = a.to(dtype)
-        return torch.maximum((c_lo - a) * inv_lo, (a - c_hi) * inv_hi).clamp_min(0)
+        e = a - torch.clamp(a, c_lo, c_hi)
+        return e * torch.where(e < 0, s_lo, s_hi)
 
     def params(self, dtype: torch.dtype, index: Tensor | None = None) -> Tensor:
-        """(c_l, c_h, 1/w_l, 1/w_h) in ``dtype`` for the samples ``index`` (open sides at -/+ the
+        """(c_l, c_h, s_l = -1/w_l, s_h = 1/w_h) in ``dtype`` for the samples ``index`` (open sides at -/+ the
         dtype's largest finite value: float32 never holds inf, whose 0 * inf would be NaN)."""
         params = self._cast.get(dtype)
         if params is None:
@@ -98,28 +100,31 @@ class _FusedBarrier(torch.autograd.Function):
     """sum_j barrier(r_j(a_j)) per sample and max_j r_j, with the derivative in a computed in the same
     pass. Only the neurons with r > 0 (outside the central part of their interval: a few percent, as
     the attack keeps activations in bound) enter r, the power and the derivative, gathered by index;
-    the backward scatters their derivatives into zeros. Dense work: two comparisons and a nonzero."""
+    the backward scatters their derivatives into zeros. Dense work: a clamp, a subtraction and a
+    nonzero."""
 
     @staticmethod
-    def forward(ctx, a: Tensor, c_lo: Tensor, c_hi: Tensor, inv_lo: Tensor, inv_hi: Tensor,
-                power: int) -> tuple[Tensor, Tensor]:
-        # r > 0 exactly where a < c_l or a > c_h (1/w > 0; x - y = 0 only for x = y): two comparisons
-        # find them, and r, its power and its derivative are computed there only
-        nz = (a < c_lo).logical_or_(a > c_hi).flatten().nonzero().squeeze(1)
+    def forward(ctx, a: Tensor, params: Tensor, power: int) -> tuple[Tensor, Tensor]:
+        c_lo, c_hi, s_lo, s_hi = params
+        # e = a - clamp(a, c_l, c_h): the signed excess beyond the central part, nonzero exactly where
+        # r > 0; r = e s_l below (e < 0, s_l = -1/w_l), e s_h above; dr / da = s
+        e = torch.clamp(a, c_lo, c_hi)
+        e = torch.sub(a, e, out=e).view(-1)  # in place: one large buffer a step, not two
+        # inside, e = a - a = +0.0, whose bits are all zero: nonzero on the integer view skips the
+        # float comparison pass (bool-producing ops are the slow ones on the CPU)
+        nz = e.view(torch.int64 if e.dtype == torch.float64 else torch.int32).nonzero().squeeze(1)
         sample = nz // a[0].numel()
-        a_s, lo_s, hi_s = a.flatten()[nz], c_lo.flatten()[nz], c_hi.flatten()[nz]
-        inv_lo_s, inv_hi_s = inv_lo.flatten()[nz], inv_hi.flatten()[nz]
-        below = a_s < lo_s
-        rs = torch.where(below, (lo_s - a_s) * inv_lo_s, (a_s - hi_s) * inv_hi_s)
+        e_s = e.index_select(0, nz)
+        slope_s = torch.where(e_s < 0, s_lo.reshape(-1).index_select(0, nz), s_hi.reshape(-1).index_select(0, nz))
+        rs = e_s * slope_s
         r_max = torch.zeros(len(a), dtype=a.dtype, device=a.device).scatter_reduce_(0, sample, rs, "amax")
         rc = rs.clamp_max(R_LINEAR)
         rp = rc ** (power - 1)
         slope = power * R_LINEAR ** (power - 1)
         terms = rc * rp + slope * (rs - R_LINEAR).clamp_min(0)
         value = torch.zeros(len(a), dtype=a.dtype, device=a.device).index_add_(0, sample, terms)
-        # d value / d r: power r^(N-1) up to R_LINEAR, the slope beyond; dr / da: -1/w_l below, 1/w_h above
-        dv = torch.where(rs > R_LINEAR, torch.full_like(rs, slope), power * rp)
-        dv = dv * torch.where(below, -inv_lo_s, inv_hi_s)
+        # d value / d r = power rc^(N-1): r^N's derivative up to R_LINEAR, the linear slope beyond
+        dv = rp.mul_(power * slope_s)
         ctx.save_for_backward(nz, sample, dv)
         ctx.shape = a.shape
         ctx.mark_non_differentiable(r_max)
@@ -129,8 +134,8 @@ class _FusedBarrier(torch.autograd.Function):
     def backward(ctx, grad_value: Tensor, grad_r: Tensor):  # noqa: ARG004 (r_max is not differentiable)
         nz, sample, dv = ctx.saved_tensors
         grad = torch.zeros(ctx.shape.numel(), dtype=dv.dtype, device=dv.device)
-        grad[nz] = dv * grad_value[sample]
-        return grad.view(ctx.shape), None, None, None, None, None
+        grad.index_copy_(0, nz, dv * grad_value.index_select(0, sample))
+        return grad.view(ctx.shape), None, None
 
 
 def bounded_barrier(bound: QuantileBound, a: Tensor, index: Tensor | None = None,
@@ -138,8 +143,7 @@ def bounded_barrier(bound: QuantileBound, a: Tensor, index: Tensor | None = None
     """(``barrier(bound.ratio(a, index), power)``, the largest ratio per sample), fused: the attack's
     per-step path. ``index=None``: all the bound's samples (no gather)."""
     dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
-    c_lo, c_hi, inv_lo, inv_hi = bound.params(dtype, index)
-    return _FusedBarrier.apply(a.to(dtype), c_lo, c_hi, inv_lo, inv_hi, power)
+    return _FusedBarrier.apply(a.to(dtype).contiguous(), bound.params(dtype, index), power)
 
 
 def barrier(r: Tensor, power: int = 200) -> Tensor:
