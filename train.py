@@ -113,11 +113,12 @@ def with_subcommand(argv: list[str]) -> list[str]:
 
 def main() -> None:
     sys.argv[1:] = with_subcommand(sys.argv[1:])
-    defaults = {"default_config_files": [DEFAULT_CONFIG]}
+    # parse errors raise (exit_on_error False): run_with_clean_errors prints their one relevant line
+    defaults = {"default_config_files": [DEFAULT_CONFIG], "exit_on_error": False}
     with warnings.catch_warnings():  # the module's own Adam is only the default for use outside the CLI
         warnings.filterwarnings("ignore", message=".*configure_optimizers` will be overridden")
         AdvTrainCLI(AdversarialTrainingModule, NamedDataModule, seed_everything_default=0,
-                    save_config_kwargs={"overwrite": True}, parser_kwargs={s: defaults for s in SUBCOMMANDS})
+                    save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False, **{s: defaults for s in SUBCOMMANDS}})
 
 
 if __name__ == "__main__":
