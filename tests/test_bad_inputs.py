@@ -23,6 +23,7 @@ from advtrain.attacks import build_attack
 from advtrain.cli import run_with_clean_errors
 from advtrain.evaluation import run_suite
 from advtrain.models import build_model
+from training_helpers import lightning_ckpt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,13 +48,6 @@ def script():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def lightning_ckpt(state: dict, path: Path, **hp) -> Path:
-    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()},
-                "hyper_parameters": {"model": "c4", "num_classes": 10, **hp},
-                "datamodule_hyper_parameters": {"dataset": "mnist_embedded"}}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

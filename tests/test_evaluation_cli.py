@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from advtrain.cli import run_with_clean_errors
+from training_helpers import lightning_ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = [{"attack": "fgsm", "budgets": [0.1, 0.2, 0.3]},
@@ -33,12 +34,7 @@ def script():
 @pytest.fixture(scope="module")
 def ckpt(trained_c4, tmp_path_factory):
     """The trained C4 as train.py writes it (Lightning layout: model.* weights, hyper_parameters)."""
-    path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in trained_c4.state_dict().items()},
-                "hyper_parameters": {"model": "c4", "num_classes": 10, "attack": None},
-                "datamodule_hyper_parameters": {"dataset": "mnist_embedded", "root": None},
-                "pytorch-lightning_version": "2.5.0", "epoch": 5}, path)
-    return path
+    return lightning_ckpt(trained_c4.state_dict(), tmp_path_factory.mktemp("ckpt") / "last.ckpt", attack=None)
 
 
 @pytest.fixture(scope="module")

@@ -245,3 +245,16 @@ def test_fused_barrier_equals_the_definition_and_its_autograd_gradient():
         (g32,) = torch.autograd.grad(v32.sum(), a32)
         torch.testing.assert_close(v32.double(), ref.detach(), rtol=2.5e-5, atol=1e-30)
         assert bool(torch.isfinite(g32).all())
+
+
+def test_stats_command_writes_the_statistics_beside_the_checkpoint(trained_c4, mnist_dm, tmp_path, capsys):
+    """``python -m advtrain.featspace stats --ckpt``: the training split's statistics of the checkpoint's
+    model, written beside it (the file a suite entry without ``stats`` would fit and cache there)."""
+    from advtrain.featspace.__main__ import main
+    from training_helpers import lightning_ckpt
+
+    ckpt = lightning_ckpt(trained_c4.state_dict(), tmp_path / "last.ckpt")
+    main(["stats", "--ckpt", str(ckpt)])
+    assert "fitted in" in capsys.readouterr().out
+    stats = ActivationStats.load(tmp_path / "d2b_stats.safetensors", trained_c4)
+    assert stats.layers == PLANES and stats.count == len(mnist_dm.train_set)  # the whole split, default planes

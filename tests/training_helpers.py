@@ -53,3 +53,13 @@ class Kill(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.at:
             raise RuntimeError("killed")
+
+
+def lightning_ckpt(state: dict, path: Path, **hp: Any) -> Path:
+    """A C4 state dict saved as train.py writes it (Lightning layout: ``model.*`` weights,
+    hyper_parameters, the datamodule's) -- what evaluate.py and ``advtrain.featspace stats`` load."""
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()},
+                "hyper_parameters": {"model": "c4", "num_classes": 10, **hp},
+                "datamodule_hyper_parameters": {"dataset": "mnist_embedded", "root": None},
+                "pytorch-lightning_version": "2.5.0", "epoch": 5}, path)
+    return path

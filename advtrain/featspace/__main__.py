@@ -11,6 +11,7 @@ trains its AdaIN decoder (training the encoder first when its file is missing), 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import torch
@@ -36,10 +37,12 @@ def stats_command(args: argparse.Namespace) -> Path:
 
     model, _, dm_hp = load_checkpoint(args.ckpt)
     dm = train_split(args.data or dm_hp.get("dataset") or "mnist_embedded")
+    start = time.perf_counter()
     stats = fit_activation_stats(model, dm.train_dataloader(), args.layers)
     out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent / "d2b_stats.safetensors"
     stats.save(out)
-    print(f"activation statistics of {', '.join(stats.layers)} over {stats.count} images: {out}")
+    print(f"activation statistics of {', '.join(stats.layers)} over {stats.count} images: {out} "
+          f"(fitted in {time.perf_counter() - start:.1f} s)")
     return out
 
 
@@ -47,8 +50,9 @@ def train_encoder(out: str | Path, dataset: str = "mnist_embedded", epochs: int 
     from .encoder import fit_encoder
 
     dm = train_split(dataset, batch_size=64)
+    start = time.perf_counter()
     path = fit_encoder(dm.train_dataloader(), epochs=epochs, seed=seed).save(out)
-    print(f"encoder: {path}")
+    print(f"encoder: {path} ({epochs} epochs, fitted in {time.perf_counter() - start:.0f} s)")
     return path
 
 
@@ -75,10 +79,11 @@ def decoder_command(args: argparse.Namespace) -> Path:
         train_encoder(cfg["encoder"], dataset, cfg.get("encoder_epochs", 3), cfg.get("seed", 0))
     dm = train_split(dataset)
     xs, ys = zip(*[dm.train_set[i] for i in range(len(dm.train_set))])
+    start = time.perf_counter()
     out = fit_style_decoder(cfg["encoder"], cfg["out"], torch.stack(xs), torch.tensor(ys),
                             **{k: cfg[k] for k in ("steps", "batch_size", "lr", "hidden", "style_weight", "seed",
                                                     "checkpoint_every") if k in cfg})
-    print(f"decoder: {out}")
+    print(f"decoder: {out} (this run: {time.perf_counter() - start:.0f} s; resumed runs count only their own steps)")
     return out
 
 
