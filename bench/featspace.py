@@ -1,16 +1,18 @@
 """Feature-space attacks on MNIST C4 (FEATURE_ATTACKS.md 1.6, 2.5): D2B and FSA next to I-FGSM/PGD.
 
-For the trained C4 (tests' recipe, .cache/tests) and a PGD-trained C4 (bench/train_pgd_c4.py),
+For the trained C4 (tests' recipe, .cache/tests) and the Madry C4 (Madry's Linf PGD-40 recipe, 12 epochs:
+bench/train_madry.py --model c4 --epochs 12, or --pgd-model for another PGD-trained C4),
 on the first ``--n`` test images each model classifies correctly: success rate and, over the
 successful images, L2, Linf, SSIM, PSNR and the feature distance (MNIST encoder) of D2B at several
 quantiles, FSA at several bounds, I-FGSM and PGD-Linf at several eps; each attack's time over its
-forward+backward floor (process CPU time, 1 thread: as many plain passes as gradients it used --
-the classifier's for D2B/I-FGSM/PGD, decoder+classifier+encoder for FSA); the fitting times of the
+forward+backward floor (1 thread: as many plain passes as gradients it used -- the classifier's for
+D2B/I-FGSM/PGD, decoder+classifier+encoder for FSA; attack and floor timed back to back, median ratio
+of ``--repeats``, as bench/attacks.py); the fitting times of the
 statistics and the decoder's reconstruction accuracy; writes bench/out/featspace.{json,md},
 bench/out/featspace_ssim.png and docs/featspace_examples.png.
 
     OMP_NUM_THREADS=1 python bench/featspace.py --encoder runs/featspace/mnist_encoder.safetensors \
-        --decoder runs/featspace/mnist_decoder.safetensors [--n 64] [--pgd-model .cache/bench/c4_pgd_linf03.pt]
+        --decoder runs/featspace/mnist_decoder.safetensors [--n 64] [--repeats 3] [--pgd-model PATH]
 """
 from __future__ import annotations
 
@@ -34,9 +36,12 @@ from advtrain.featspace.decoder import Decoder  # noqa: E402
 from advtrain.featspace.encoder import Encoder  # noqa: E402
 from advtrain.featspace.stats import fit_activation_stats  # noqa: E402
 from advtrain.models import build_model  # noqa: E402
+from advtrain.training.plain_loop import madry_recipe  # noqa: E402
+from bench.attacks import median_ratio, plain_passes  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 C4 = ROOT / ".cache" / "tests" / "c4-adam1e-3-bs64-ep6-seed0-v1.pt"
+MADRY_C4 = ROOT / ".cache" / "models" / f"{madry_recipe('c4', 12).key()}.pt"
 
 
 def attacks(style: dict) -> dict[str, tuple[str, dict]]:
@@ -54,29 +59,18 @@ def load_c4(path: Path) -> nn.Module:
     return m.eval()
 
 
-def floor_time(fn_pass, grads: int) -> float:
-    t = time.process_time()
-    for _ in range(grads):
-        fn_pass()
-    return time.process_time() - t
-
-
-def classifier_pass(model: nn.Module, x: Tensor, y: Tensor):
-    def run():
-        xi = x.detach().requires_grad_(True)
-        torch.autograd.grad(nn.functional.cross_entropy(model(xi), y), xi)
-    return run
-
-
-def style_pass(model: nn.Module, enc: Encoder, dec: Decoder, x: Tensor, y: Tensor):
+def style_passes(model: nn.Module, enc: Encoder, dec: Decoder, x: Tensor, y: Tensor, n: int):
+    """FSA's floor: ``n`` passes decoder -> classifier + encoder and back to the style statistics."""
     with torch.no_grad():
         b = enc(x)
 
     def run():
-        t = b.detach().requires_grad_(True)
-        x_r = dec(t)
-        loss = nn.functional.cross_entropy(model(x_r), y) + ((enc(x_r) - t) ** 2).mean()
-        torch.autograd.grad(loss, t)
+        with frozen_eval(model):  # the encoder and decoder hold frozen, eval-mode networks
+            for _ in range(n):
+                t = b.detach().requires_grad_(True)
+                x_r = dec(t)
+                loss = nn.functional.cross_entropy(model(x_r), y) + ((enc(x_r) - t) ** 2).mean()
+                torch.autograd.grad(loss, t)
     return run
 
 
@@ -84,8 +78,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--encoder", required=True)
     p.add_argument("--decoder", required=True)
-    p.add_argument("--pgd-model", default=str(ROOT / ".cache" / "bench" / "c4_pgd_linf03.pt"))
+    p.add_argument("--pgd-model", default=str(MADRY_C4), help="the PGD-trained C4 (default: the Madry C4)")
     p.add_argument("--n", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median ratio)")
     args = p.parse_args()
     torch.set_num_threads(1)
     enc = Encoder.load(args.encoder)
@@ -97,7 +92,10 @@ def main() -> None:
     x_test, y_test = torch.stack(xs), torch.tensor(ys)
     report: dict = {"n": args.n, "models": {}}
     examples: dict[str, Tensor] = {}
-    for mname, path in (("C4", C4), ("C4 PGD-Linf 0.3", Path(args.pgd_model))):
+    for mname, path in (("C4", C4), ("Madry C4" if Path(args.pgd_model) == MADRY_C4 else "PGD-trained C4",
+                                      Path(args.pgd_model))):
+        if not path.is_file():
+            raise SystemExit(f"no model {path} (train it: bench/train_madry.py --model c4 --epochs 12)")
         model = load_c4(path)
         with torch.no_grad():
             pred = model(x_test).argmax(1)
@@ -115,18 +113,16 @@ def main() -> None:
                 opts = {**opts, "stats": stats}
             attack = build_attack(name, **opts)
             torch.manual_seed(0)
-            t = time.process_time()
             res = attack(model, x, y)
-            elapsed = time.process_time() - t
-            with frozen_eval(model):
-                floor = floor_time(style_pass(model, enc, dec, x, y) if name == "fsa"
-                                   else classifier_pass(model, x, y), res.grads)
+            floor = (style_passes(model, enc, dec, x, y, res.grads) if name == "fsa"
+                     else plain_passes(model, x, y, res.grads))
+            elapsed, over_floor = median_ratio(lambda: attack(model, x, y), floor, args.repeats)
             s = res.success
             per = perceptual(x, res.x_adv, enc)
             mean = (lambda v: float(v[s].double().mean()) if bool(s.any()) else None)
             rows[label] = {"success": float(s.float().mean()), "l2": mean(res.l2), "linf": mean(res.linf),
                            "ssim": mean(per["ssim"]), "psnr": mean(per["psnr"]), "feature": mean(per["feature"]),
-                           "grads": res.grads, "cpu_s": elapsed, "over_floor": elapsed / max(floor, 1e-9),
+                           "grads": res.grads, "seconds": elapsed, "over_floor": over_floor,
                            "per_sample_ssim": [float(v) if ok else None for v, ok in zip(per["ssim"], s)]}
             print(f"{mname:16s} {label:12s} success {rows[label]['success']:.2f} "
                   f"SSIM {rows[label]['ssim'] or float('nan'):.3f} L2 {rows[label]['l2'] or float('nan'):.2f} "
@@ -151,11 +147,11 @@ def write_markdown(report: dict, path: Path) -> None:
     for mname, e in report["models"].items():
         lines += [f"## {mname}: clean accuracy {e['clean_acc']:.3f}, on decoded test images {e['decoded_acc']:.3f}; "
                   f"statistics fit {e['stats_fit_cpu_s']:.1f} s CPU", "",
-                  "| attack | success | SSIM | PSNR | L2 | Linf | feature distance (MNIST encoder) | grads | CPU s | x floor |",
+                  "| attack | success | SSIM | PSNR | L2 | Linf | feature distance (MNIST encoder) | grads | s | x floor |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for label, r in e["attacks"].items():
             lines.append(f"| {label} | {r['success']:.2f} | {f(r['ssim'])} | {f(r['psnr'], 1)} | {f(r['l2'], 2)} | "
-                         f"{f(r['linf'])} | {f(r['feature'], 2)} | {r['grads']} | {r['cpu_s']:.1f} | {r['over_floor']:.2f} |")
+                         f"{f(r['linf'])} | {f(r['feature'], 2)} | {r['grads']} | {r['seconds']:.1f} | {r['over_floor']:.2f} |")
         lines.append("")
     path.write_text("\n".join(lines))
 
