@@ -53,7 +53,8 @@ class D2B(Attack):
     ``STEP_GROWTH`` per in-bound step, up to ``step_size``): the official code's step bisection,
     per sample and without extra probe passes. Other deviations: fixed steps (no EMA stop), no
     smoothness term (the code adds it with a sign slip), bound network = the attacked model.
-    Cost: one gradient per step (plus a forward of the clean batch and of the last iterate).
+    Cost: one gradient per step plus a forward of the last iterate (the bounds come from the first
+    step's pass at x).
     """
 
     name = "d2b"
@@ -108,11 +109,16 @@ class D2B(Attack):
             raise ValueError(f"d2b: quantile per plane must name exactly the planes {layers}, got {list(self.quantile)}")
         return layers, stats
 
-    def _evaluate(self, ctx: AttackContext, tap: LayerTap, bounds: dict, x: Tensor, idx: Tensor,
-                  labels: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(logits, hinge, barrier, in-bound) of iterates ``x`` of the samples ``idx``."""
+    def _evaluate(self, ctx: AttackContext, tap: LayerTap, bounds: dict, stats: ActivationStats, x: Tensor,
+                  idx: Tensor, labels: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(logits, hinge, barrier, in-bound) of iterates ``x`` of the samples ``idx``. ``bounds`` empty:
+        ``x`` is the clean batch (the first step), whose activations a0 define the bounds: they are
+        filled in from this pass (no separate clean forward), and at a0 every r is 0."""
         logits = ctx.forward(x)
         hinge = margin_loss(logits, labels, targets, self.confidence)
+        if not bounds:
+            bounds.update(plane_bounds(stats, {k: tap[k] for k in tap.layers}, self.quantile, self.sigma_floor,
+                                       self.barrier_start))
         bars, r_max = zip(*(bounded_barrier(b, tap[k], idx, self.barrier_power) for k, b in bounds.items()))
         bar = sum(bars)
         inside = torch.stack(r_max).amax(0) <= 1.0
@@ -121,10 +127,7 @@ class D2B(Attack):
     def _run(self, ctx: AttackContext) -> Tensor:
         layers, stats = self._planes(ctx)
         x = ctx.x
-        with LayerTap(ctx.model, layers) as tap, torch.no_grad():
-            ctx.forward(x)
-        bounds = plane_bounds(stats, {k: tap[k] for k in layers}, self.quantile, self.sigma_floor,
-                              self.barrier_start)
+        bounds: dict = {}  # per plane, from the first step's pass at x
         best, best_hinge = x.clone(), torch.full((len(x),), float("inf"), device=x.device)
         active = torch.arange(len(x), device=x.device)
         y, good = x.clone(), x.clone()  # iterates; the last in-bound iterate of each sample
@@ -136,7 +139,7 @@ class D2B(Attack):
             last = i == self.steps
             xi = y[active].detach().requires_grad_(not last)
             with LayerTap(ctx.model, layers) as tap, torch.set_grad_enabled(not last):
-                logits, hinge, bar, inside = self._evaluate(ctx, tap, bounds, xi, active, labels, targets)
+                logits, hinge, bar, inside = self._evaluate(ctx, tap, bounds, stats, xi, active, labels, targets)
                 if not last:
                     (g,) = torch.autograd.grad((hinge.double() + self.barrier_weight * bar.double()).sum(), xi)
                     ctx.grads += 1
