@@ -29,13 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from advtrain.attacks import build_attack  # noqa: E402
-from advtrain.attacks.base import frozen_eval  # noqa: E402
+from advtrain.attacks.base import AttackResult, frozen_eval  # noqa: E402
 from advtrain.data import build_datamodule  # noqa: E402
 from advtrain.evaluation.perceptual import perceptual  # noqa: E402
 from advtrain.featspace.decoder import Decoder  # noqa: E402
 from advtrain.featspace.encoder import Encoder  # noqa: E402
 from advtrain.featspace.stats import fit_activation_stats  # noqa: E402
 from advtrain.models import build_model  # noqa: E402
+from advtrain.ops.norms import l2_norm, linf_norm  # noqa: E402
 from advtrain.training.plain_loop import madry_recipe  # noqa: E402
 from bench.attacks import median_ratio, plain_passes  # noqa: E402
 
@@ -50,6 +51,8 @@ def attacks(style: dict) -> dict[str, tuple[str, dict]]:
     rows |= {f"I-FGSM {e}": ("ifgsm", {"eps": e, "steps": 20, "alpha": e / 8, "early_stop": True})
              for e in (0.05, 0.1, 0.2, 0.3)}
     rows |= {f"PGD {e}": ("pgd_linf", {"eps": e, "steps": 20}) for e in (0.1, 0.2, 0.3)}
+    # the strongest installed peer for the pixel rows, same settings (random start, alpha 2.5 eps / steps)
+    rows |= {f"torchattacks PGD {e}": ("peer:pgd", {"eps": e, "steps": 20}) for e in (0.1, 0.2, 0.3)}
     return rows
 
 
@@ -57,6 +60,20 @@ def load_c4(path: Path) -> nn.Module:
     m = build_model("c4")
     m.load_state_dict(torch.load(path, weights_only=True))
     return m.eval()
+
+
+def peer_attack(model: nn.Module, eps: float, steps: int):
+    """torchattacks' PGD as an attack returning an :class:`AttackResult` (success measured here)."""
+    import torchattacks
+
+    pgd = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
+
+    def run(model_: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+        x_adv = pgd(x, y)
+        with torch.no_grad():
+            success = model_(x_adv).argmax(1) != y
+        return AttackResult(x_adv, success, l2_norm(x_adv - x), linf_norm(x_adv - x), grads=steps)
+    return run
 
 
 def style_passes(model: nn.Module, enc: Encoder, dec: Decoder, x: Tensor, y: Tensor, n: int):
@@ -111,7 +128,7 @@ def main() -> None:
         for label, (name, opts) in attacks(style).items():
             if name == "d2b":
                 opts = {**opts, "stats": stats}
-            attack = build_attack(name, **opts)
+            attack = peer_attack(model, **opts) if name.startswith("peer:") else build_attack(name, **opts)
             torch.manual_seed(0)
             res = attack(model, x, y)
             floor = (style_passes(model, enc, dec, x, y, res.grads) if name == "fsa"
