@@ -11,6 +11,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 from advtrain.data import build_datamodule  # noqa: E402
 from advtrain.models import build_model  # noqa: E402
+from advtrain.models.peer_weights import autoattack_resnet18_cifar10, madry_lenet5_mnist  # noqa: E402
 from advtrain.training.plain_loop import Recipe, cached_model, madry_recipe, train_plain  # noqa: E402
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "tests"
@@ -71,6 +72,19 @@ def madry_full() -> torch.nn.Module:
     """C4 by Madry's full recipe (``madry_recipe("c4")``, as configs/mnist_embedded_madry_linf.yaml):
     for slow tests; trained once (~26 min on one thread), cached in .cache/tests."""
     return cached_model(madry_recipe("c4"), CACHE, log=True)
+
+
+@pytest.fixture(scope="session")
+def madry_lenet5() -> torch.nn.Module:
+    """advertorch's Madry-trained MNIST LeNet5, a model trained elsewhere that masks gradients
+    (weights fetched once from PyPI into ~/.cache/advtrain; advertorch's code is never imported)."""
+    return madry_lenet5_mnist()
+
+
+@pytest.fixture(scope="session")
+def aa_resnet18() -> torch.nn.Module:
+    """The original AutoAttack's example CIFAR-10 ResNet-18 (naturally trained; pyautoattack's wheel)."""
+    return autoattack_resnet18_cifar10()
 
 
 @pytest.fixture(scope="session")

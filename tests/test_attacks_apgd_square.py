@@ -18,7 +18,7 @@ from torch import nn
 
 from advtrain.attacks import build_attack
 from advtrain.attacks.apgd import checkpoints
-from advtrain.attacks.losses import dlr_loss
+from advtrain.attacks.losses import dlr_loss, margin_loss
 from advtrain.attacks.square import SquareLinf, p_schedule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -229,8 +229,15 @@ def test_square_never_takes_a_gradient(name, eps, trained_c4, batch):
         build_attack("apgd_linf", eps=eps, steps=2)(model, x, y)  # the trap works
     res = build_attack(name, eps=eps, queries=40)(model, x, y)
     assert res.grads == 0 and 1 < res.queries <= 41
-    # large budgets: most images fall within 40 queries (random +-eps signs: 0.19 Linf, 0 in L2)
-    assert float(res.success.float().mean()) >= 0.5
+    # A property, not a rate (a success rate on 16 images after 40 queries differed between CPU
+    # models): Square accepts a query only when it lowers the margin, so no image's margin rises, the
+    # returned images lie in the budget, and success is exactly misclassification.
+    with torch.no_grad():
+        before, after = margin_loss(trained_c4(x), y), margin_loss(trained_c4(res.x_adv), y)
+    assert bool((after <= before + 1e-5).all()) and float(after.sum()) < float(before.sum())
+    delta = (res.x_adv - x).flatten(1)
+    assert float(delta.norm(p=float("inf") if name == "square_linf" else 2, dim=1).max()) <= eps * (1 + 1e-5)
+    assert torch.equal(res.success, misclassified(trained_c4, res.x_adv, y))
 
 
 def test_grads_count_every_backward_pass(trained_c4, batch):
