@@ -90,9 +90,13 @@ def valid_options(factory: Callable[..., Any]) -> list[str]:
     return names
 
 
-def check_kwargs(factory: Callable[..., Any], kwargs: dict[str, Any], what: str) -> None:
-    """Raise a clear error for options the factory does not take, naming the new name of a renamed one."""
-    valid = valid_options(factory)
+def check_kwargs(factory: Callable[..., Any], kwargs: dict[str, Any], what: str,
+                 valid: list[str] | None = None) -> None:
+    """Raise a clear error for options the factory does not take, naming the new name of a renamed one.
+
+    ``valid``: the options, when the factory's signature does not list them all (its ``**kwargs``
+    go to another function)."""
+    valid = valid_options(factory) if valid is None else valid
     bad = [k for k in kwargs if k not in valid]
     for old in bad:
         new = next((n for n in RENAMED_OPTIONS.get(old, ()) if n in valid), None)

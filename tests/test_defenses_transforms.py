@@ -98,5 +98,5 @@ def test_registry_errors_are_clear():
         build_defense("jpeg")
     with pytest.raises(ValueError, match="no option 'bit'; valid options: bits"):
         build_defense("bit_depth", bit=3)
-    with pytest.raises(ValueError, match="bits must be in 1..8"):
+    with pytest.raises(ValueError, match="bits must be an integer in 1..8"):
         build_defense("bit_depth", bits=0)

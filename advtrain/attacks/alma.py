@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, BestTracker, check_count, check_positive
+from .base import Attack, AttackContext, BestTracker, check_count, check_positive, check_range
 from .losses import _other_max
 from ..ops.norms import clip_box, l2_norm, quantize as quantize_8bit, view_as_batch
 from .registry import register_attack
@@ -95,20 +95,14 @@ class ALMAL2(Attack):
                  lr_reduction: float = 0.01, mu_init: float = 1.0, rho_init: float = 1.0, check_steps: int = 10,
                  tau: float = 0.95, rho_growth: float = 1.2, tolerance: float = 1e-4, **kw) -> None:
         super().__init__(**kw)
-        check_count("steps", steps)
-        check_count("check_steps", check_steps)
-        for name, value in (("alpha", alpha), ("lr_reduction", lr_reduction), ("tau", tau)):
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"{name} must lie in (0, 1), got {value}")
-        for name, value in (("init_lr_distance", init_lr_distance), ("mu_init", mu_init), ("rho_init", rho_init)):
-            check_positive(name, value)
-        check_positive("tolerance", tolerance, allow_zero=True)
-        if not rho_growth > 1.0:
-            raise ValueError(f"rho_growth must be > 1, got {rho_growth}")
-        self.steps, self.check_steps = int(steps), int(check_steps)
-        self.alpha, self.init_lr_distance, self.lr_reduction = float(alpha), float(init_lr_distance), float(lr_reduction)
-        self.mu_init, self.rho_init, self.tau, self.rho_growth = float(mu_init), float(rho_init), float(tau), float(rho_growth)
-        self.tolerance = float(tolerance)
+        self.steps, self.check_steps = check_count("steps", steps), check_count("check_steps", check_steps)
+        self.alpha, self.lr_reduction, self.tau = (check_range(name, value, "(0, 1)") for name, value in
+                                                   (("alpha", alpha), ("lr_reduction", lr_reduction), ("tau", tau)))
+        self.init_lr_distance, self.mu_init, self.rho_init = (
+            check_positive(name, value) for name, value in
+            (("init_lr_distance", init_lr_distance), ("mu_init", mu_init), ("rho_init", rho_init)))
+        self.tolerance = check_positive("tolerance", tolerance, allow_zero=True)
+        self.rho_growth = check_range("rho_growth", rho_growth, "(1, inf)")
 
     def _run(self, ctx: AttackContext) -> Tensor:
         x = ctx.x

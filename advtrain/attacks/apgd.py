@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, check_count, check_fraction, check_positive, check_seed
+from .base import Attack, AttackContext, check_budget, check_count, check_fraction, check_seed
 from .losses import is_adversarial
 from ..ops.norms import l2_norm, linf_norm, normalize_l2, project_l2, project_linf, quantize as quantize_8bit
 from ..ops.norms import view_as_batch
@@ -89,19 +89,12 @@ class _APGD(Attack):
     def __init__(self, eps: float | None = None, steps: int = 100, restarts: int = 1, rho: float = 0.75,
                  momentum: float = 0.75, seed: int = 0, **kw) -> None:
         super().__init__(**kw)
-        eps = self.default_eps if eps is None else eps
-        check_positive("eps", eps)
-        check_count("steps", steps)
-        check_count("restarts", restarts)
-        check_fraction("rho", rho)
-        check_fraction("momentum", momentum)
-        check_seed(seed)
-        self.eps = float(eps)
-        self.steps = int(steps)
-        self.restarts = int(restarts)
-        self.rho = float(rho)
-        self.momentum = float(momentum)
-        self.seed = seed
+        self.eps = check_budget(self.default_eps if eps is None else eps, self.norm)
+        self.steps = check_count("steps", steps)
+        self.restarts = check_count("restarts", restarts)
+        self.rho = check_fraction("rho", rho)
+        self.momentum = check_fraction("momentum", momentum)
+        self.seed = check_seed(seed)
 
     # ---- per norm
     def _direction(self, g: Tensor) -> Tensor:
@@ -253,8 +246,7 @@ class _Targeted(_APGD):
 
     def __init__(self, eps: float | None = None, steps: int = 100, n_target_classes: int = 9, **kw) -> None:
         super().__init__(eps=eps, steps=steps, **kw)
-        check_count("n_target_classes", n_target_classes)
-        self.n_target_classes = int(n_target_classes)
+        self.n_target_classes = check_count("n_target_classes", n_target_classes)
 
     def _runs(self, ctx: AttackContext) -> list[Tensor | None]:
         if ctx.targets is not None:

@@ -8,8 +8,7 @@ and computes the reported success mask and distortions from the returned images.
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
+import itertools
 from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, ClassVar, Iterator
@@ -18,7 +17,15 @@ import torch
 from torch import Tensor, nn
 
 from .losses import get_loss, is_adversarial
+from ..ops.checks import (check_budget, check_budget_fits, check_choice, check_count, check_flag, check_fraction,
+                          check_number, check_odd_size, check_positive, check_range, check_seed)
 from ..ops.norms import l2_norm, linf_norm, quantize as quantize_8bit
+
+#: the validators, one place (``ops.checks``); re-exported for the attacks
+__all__ = ["Attack", "AttackContext", "AttackResult", "BestTracker", "Family", "check_budget", "check_budget_fits",
+           "check_choice", "check_count", "check_flag", "check_fraction", "check_inputs", "check_label_range",
+           "check_logits", "check_model", "check_number", "check_odd_size", "check_positive", "check_range",
+           "check_seed", "frozen_eval", "success_on"]
 
 
 class AttackResult:
@@ -66,7 +73,8 @@ def success_on(model: nn.Module, ctx: "AttackContext", x_adv: Tensor, eval_mode:
             raise RuntimeError("the model changed after the attack ran (optimizer step or train-mode "
                                "forward); read AttackResult.success before updating the model")
         with frozen_eval(model, eval_mode), torch.no_grad():
-            return ctx.is_adv(model(x_adv))
+            # a non-finite image is never a success (is_adversarial: nor a non-finite logit)
+            return ctx.is_adv(model(x_adv)) & torch.isfinite(x_adv).flatten(1).all(dim=1)
     return measure
 
 
@@ -85,12 +93,20 @@ class AttackContext:
 
     def forward(self, x: Tensor) -> Tensor:
         """The model's logits; the first call also checks them (logits, not probabilities) and the
-        labels' range against their width, before any loss is taken (no extra forward pass)."""
-        logits = self.model(x)
-        if not self.checked:
-            check_logits(logits)
-            check_label_range(self.y, self.targets, logits.shape[1])
-            self.checked = True
+        labels' range against their width, before any loss is taken (no extra forward pass), and
+        names the cause when it fails (images and model of another dtype, device, channel count)."""
+        if self.checked:
+            return self.model(x)
+        try:
+            logits = self.model(x)
+        except RuntimeError as err:
+            cause = explain_forward_failure(self.model, x)
+            if cause is None:
+                raise
+            raise cause from err
+        check_logits(logits, x.shape[0])
+        check_label_range(self.y, self.targets, logits.shape[1])
+        self.checked = True
         return logits
 
     def logits(self, x: Tensor) -> Tensor:
@@ -135,28 +151,65 @@ def frozen_eval(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def check_model(model: object) -> None:
+    """The model must be an ``nn.Module`` (the attacks switch it to eval mode and freeze its
+    parameters for the call)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}; wrap a plain function "
+                        "in a module whose forward calls it")
+
+
 def check_inputs(x: Tensor, y: Tensor, targets: Tensor | None, num_classes: int | None) -> None:
-    """Clear errors for bad attack input: rank, range, NaN, label shape and range."""
+    """Clear errors for bad attack input: type, rank, empty batch, range, NaN, label type, shape and
+    range. Shapes and dtypes are free; the range and NaN checks read two numbers of ``x``."""
     if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError("x must be a floating-point tensor of images in [0, 1]")
+        what = f"{x.dtype} tensor" if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"x must be a floating-point tensor of images in [0, 1], got {what}")
     if x.dim() != 4:
         raise ValueError(f"x must be a batch of images NCHW (4-D), got shape {tuple(x.shape)}")
-    if torch.isnan(x).any():
-        raise ValueError("x contains NaN")
+    if x.shape[0] == 0:
+        raise ValueError(f"x is an empty batch (shape {tuple(x.shape)}): nothing to attack")
+    if x.numel() == 0:
+        raise ValueError(f"x holds empty images (shape {tuple(x.shape)})")
+    for name, lab in (("y", y), ("targets", targets)):
+        if lab is not None and not isinstance(lab, Tensor):
+            raise TypeError(f"{name} must be a tensor of integer labels, got {type(lab).__name__}; "
+                            f"pass torch.as_tensor({name})")
     lo, hi = float(x.min()), float(x.max())
+    if lo != lo or hi != hi:
+        raise ValueError("x contains NaN")
     if lo < 0.0 or hi > 1.0:
         raise ValueError(f"x must lie in [0, 1] (pixel space), got values in [{lo:.4g}, {hi:.4g}]; "
                          "move normalisation inside the model (advtrain.models.Normalize)")
     for name, lab in (("y", y), ("targets", targets)):
         if lab is None:
             continue
-        if lab.dim() != 1 or lab.shape[0] != x.shape[0] or lab.is_floating_point():
+        if lab.dim() != 1 or lab.shape[0] != x.shape[0] or lab.is_floating_point() or lab.dtype == torch.bool:
             raise ValueError(f"{name} must be an integer tensor of shape [{x.shape[0]}], "
                              f"got {lab.dtype} {tuple(lab.shape)}")
+        if lab.device != x.device:
+            raise ValueError(f"{name} is on {lab.device}, the images on {x.device}: move them to one device")
     if num_classes is not None:
         check_label_range(y, targets, num_classes)
     if targets is not None and bool((targets == y).any()):
         raise ValueError("targets must differ from the true labels y")
+
+
+def explain_forward_failure(model: nn.Module, x: Tensor) -> Exception | None:
+    """The cause of a failed first forward pass in one line, when it is a mismatch between the
+    images and the model (device, dtype, channels); None otherwise (the model's own error stands)."""
+    ref = next((t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()), None)
+    if ref is not None and ref.device != x.device:
+        return ValueError(f"the images are on {x.device} but the model is on {ref.device}: move one "
+                          f"(model.to({str(x.device)!r}) or images.to({str(ref.device)!r}))")
+    if ref is not None and ref.dtype != x.dtype:
+        return TypeError(f"the images are {x.dtype} but the model's weights are {ref.dtype}: convert one "
+                         f"(model.to({x.dtype}) or images.to({ref.dtype}))")
+    conv = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    if conv is not None and conv.in_channels != x.shape[1]:
+        return ValueError(f"the images have {x.shape[1]} channels, the model's first convolution takes "
+                          f"{conv.in_channels} (shape {tuple(x.shape)})")
+    return None
 
 
 def check_label_range(y: Tensor, targets: Tensor | None, num_classes: int) -> None:
@@ -167,47 +220,21 @@ def check_label_range(y: Tensor, targets: Tensor | None, num_classes: int) -> No
                              f"min {int(lab.min())}, max {int(lab.max())}")
 
 
-def check_logits(logits: Tensor) -> None:
-    """Refuse models that output probabilities (rows in [0, 1] summing to 1) instead of logits."""
-    if logits.dim() != 2:
-        raise ValueError(f"the model must return logits of shape [B, classes], got {tuple(logits.shape)}")
+def check_logits(logits: Tensor, batch: int | None = None) -> None:
+    """Refuse outputs that are not a [batch, classes] tensor of logits (a tuple, a vector, another
+    batch size; probabilities: rows in [0, 1] summing to 1)."""
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"the model must return a logits tensor [B, classes], got {type(logits).__name__}; "
+                        "wrap it to return the logits only")
+    if logits.dim() != 2 or (batch is not None and logits.shape[0] != batch):
+        raise ValueError(f"the model must return logits of shape [{batch or 'B'}, classes], got {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"the model must return floating-point logits, got {logits.dtype}")
     if logits.shape[1] > 1 and bool((logits >= 0).all()) and bool((logits <= 1).all()):
         sums = logits.sum(dim=1)
         if torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
             raise ValueError("the model seems to return probabilities (rows sum to 1); "
                              "attacks need logits: remove the final softmax")
-
-
-def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-    """Validate a numeric hyper-parameter: a finite real number, > 0 (or >= 0 with ``allow_zero``)."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value}")
-
-
-def check_flag(name: str, value: bool) -> None:
-    """Validate a boolean option (a string such as 'no' is not a boolean: it would count as true)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be true or false, got {type(value).__name__} {value!r}")
-
-
-def check_fraction(name: str, value: float) -> None:
-    """Validate a hyper-parameter in (0, 1] (a rate, a momentum, a fraction)."""
-    if value is None or not 0.0 < value <= 1.0:
-        raise ValueError(f"{name} must lie in (0, 1], got {value}")
-
-
-def check_seed(value: int) -> None:
-    """Validate a random seed: an integer."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"seed must be an integer, got {value!r}")
-
-
-def check_count(name: str, value: int) -> None:
-    """Validate an iteration-like count (steps, candidates, search steps): an integer >= 1."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 class Family(str, Enum):
@@ -275,12 +302,16 @@ class Attack:
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, targets: Tensor | None = None) -> AttackResult:
         """Attack ``model`` on clean images ``x`` (in [0, 1]) with labels ``y``."""
+        check_model(model)
+        check_inputs(x, y, targets, None)  # before any forward: type, rank, range, NaN, label shape
+        eps = getattr(self, "eps", None)
+        if self.family is Family.DISTORTION and isinstance(eps, float):
+            check_budget_fits(eps, self.norm, x[0].numel())
         with frozen_eval(model, self.eval_mode), torch.inference_mode(False), torch.enable_grad():
             x = x.detach().clone() if x.is_inference() else x.detach()
             y = y.detach().clone() if y.is_inference() else y.detach()
             if targets is not None:
                 targets = targets.detach().clone() if targets.is_inference() else targets.detach()
-            check_inputs(x, y, targets, None)  # before any forward: rank, range, NaN, label shape
             ctx = AttackContext(model, x, y, targets, self.loss_fn)
             x_adv = self._run(ctx).detach()
             delta = x_adv - x

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, BestTracker, check_count, check_positive
+from .base import Attack, AttackContext, BestTracker, check_count, check_positive, check_range
 from ..ops.norms import box_free, clip_box, l2_norm, normalize_l2, quantize as quantize_8bit, view_as_batch
 from .registry import register_attack
 
@@ -158,8 +158,7 @@ class BP(Attack):
         check_count("steps", steps)
         check_positive("alpha", alpha)
         check_positive("beta_min", beta_min, allow_zero=True)
-        if not 0.0 < gamma_min < 1.0:
-            raise ValueError(f"gamma_min must lie in (0, 1), got {gamma_min}")
+        check_range("gamma_min", gamma_min, "(0, 1)")
         check_count("line_search_steps", line_search_steps)
         self.steps = int(steps)
         self.alpha = float(alpha)

@@ -51,13 +51,9 @@ class CarliniWagnerL2(Attack):
     def __init__(self, steps: int = 20, search_steps: int = 5, lr: float = 0.5, initial_const: float = 1.0,
                  confidence: float = 0.0, **kw) -> None:
         super().__init__(**kw)
-        check_count("steps", steps)
-        check_count("search_steps", search_steps)
-        check_positive("lr", lr)
-        check_positive("initial_const", initial_const)
-        check_positive("confidence", confidence, allow_zero=True)
-        self.steps, self.search_steps = int(steps), int(search_steps)
-        self.lr, self.initial_const, self.confidence = float(lr), float(initial_const), float(confidence)
+        self.steps, self.search_steps = check_count("steps", steps), check_count("search_steps", search_steps)
+        self.lr, self.initial_const = check_positive("lr", lr), check_positive("initial_const", initial_const)
+        self.confidence = check_positive("confidence", confidence, allow_zero=True)
 
     # -- reparameterisation hooks (overridden by sC&W) ---------------------------------------
     def _prepare(self, x: Tensor) -> Any:
@@ -131,7 +127,8 @@ class SmoothCarliniWagnerL2(CarliniWagnerL2):
     def __init__(self, smooth_alpha: float | None = None, solver: str = "auto", cg_steps: int = 50,
                  graph: dict | None = None, lr: float = 0.1, **kw) -> None:
         super().__init__(lr=lr, **kw)
-        check_smoothing_options(smooth_alpha, solver, cg_steps)
+        check_smoothing_options(smooth_alpha, solver, cg_steps, {} if graph is None else graph,
+                                what=f"{self.name}: graph")
         self.smooth_alpha, self.solver, self.cg_steps = smooth_alpha, solver, int(cg_steps)
         self.graph = dict(graph or {})
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..featspace.bound import bounded_barrier, check_quantile, plane_bounds
 from ..featspace.stats import ActivationStats, default_planes
-from .base import Attack, AttackContext, check_count, check_positive
+from .base import Attack, AttackContext, check_count, check_positive, check_range
 from .features import LayerTap, find_layers
 from .losses import is_adversarial, margin_loss
 from ..ops.norms import clip_box, quantize as quantize_8bit, view_as_batch
@@ -73,8 +73,7 @@ class D2B(Attack):
         check_positive("confidence", confidence, allow_zero=True)
         check_positive("barrier_weight", barrier_weight)
         check_positive("sigma_floor", sigma_floor)
-        if not 0.0 < barrier_start <= 1.0:
-            raise ValueError(f"barrier_start must lie in (0, 1], got {barrier_start}")
+        check_range("barrier_start", barrier_start, "(0, 1]")
         for e in (quantile.values() if isinstance(quantile, dict) else [quantile]):
             check_quantile(e)
         if stats is not None and not isinstance(stats, (str, Path, ActivationStats)):

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, BestTracker, check_count, check_positive
+from .base import Attack, AttackContext, BestTracker, check_count, check_positive, check_range
 from ..ops.norms import clip_box, l2_norm, normalize_l2, project_sphere, quantize as quantize_8bit
 from .registry import register_attack
 
@@ -54,8 +54,7 @@ class DDN(Attack):
         check_positive("init_norm", init_norm)
         check_positive("alpha", alpha)
         check_positive("alpha_min", alpha_min, allow_zero=True)
-        if not 0.0 < gamma < 1.0:
-            raise ValueError(f"gamma must lie in (0, 1), got {gamma}")
+        check_range("gamma", gamma, "(0, 1)")
         self.steps = int(steps)
         self.init_norm = float(init_norm)
         self.gamma = float(gamma)

@@ -29,12 +29,8 @@ class DeepFool(Attack):
 
     def __init__(self, steps: int = 50, candidates: int = 9, overshoot: float = 0.02, **kw) -> None:
         super().__init__(**kw)
-        check_count("steps", steps)
-        check_count("candidates", candidates)
-        check_positive("overshoot", overshoot, allow_zero=True)
-        self.steps = int(steps)
-        self.candidates = int(candidates)
-        self.overshoot = float(overshoot)
+        self.steps, self.candidates = check_count("steps", steps), check_count("candidates", candidates)
+        self.overshoot = check_positive("overshoot", overshoot, allow_zero=True)
 
     def _run(self, ctx: AttackContext) -> Tensor:
         if ctx.targets is not None:

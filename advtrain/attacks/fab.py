@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, BestTracker, check_count, check_positive
+from .base import Attack, AttackContext, BestTracker, check_count, check_flag, check_positive, check_range
 from ..ops.norms import DUAL_NORMS, NORMS, clip_box, normalize_l2, project_hyperplane_box, quantize as quantize_8bit, \
     view_as_batch
 from .registry import register_attack
@@ -64,20 +64,16 @@ class _FAB(Attack):
                  beta: float = 0.9, targeted: bool = False, n_target_classes: int = 9,
                  restart_radius: float | None = None, **kw) -> None:
         super().__init__(**kw)
-        check_count("steps", steps)
-        check_count("restarts", restarts)
-        check_count("n_target_classes", n_target_classes)
-        if not 0.0 <= alpha_max <= 1.0:
-            raise ValueError(f"alpha_max must lie in [0, 1], got {alpha_max}")
-        check_positive("eta", eta)
-        if not 0.0 < beta < 1.0:
-            raise ValueError(f"beta must lie in (0, 1), got {beta}")
-        radius = self.default_restart_radius if restart_radius is None else restart_radius
-        check_positive("restart_radius", radius)
-        self.steps, self.restarts = int(steps), int(restarts)
-        self.alpha_max, self.eta, self.beta = float(alpha_max), float(eta), float(beta)
-        self.targeted, self.n_target_classes = bool(targeted), int(n_target_classes)
-        self.restart_radius = float(radius)
+        self.steps, self.restarts = check_count("steps", steps), check_count("restarts", restarts)
+        self.n_target_classes = check_count("n_target_classes", n_target_classes)
+        self.alpha_max = check_range("alpha_max", alpha_max, "[0, 1]")
+        # eta extrapolates past the boundary's projection: eta < 1 stops short of it, so no step
+        # ever crosses (on the C4, P_suc 1.0 -> 0.0); the paper's 1.05
+        self.eta = check_range("eta", eta, "[1, inf)")
+        self.beta = check_range("beta", beta, "(0, 1)")
+        self.targeted = check_flag("targeted", targeted)
+        self.restart_radius = check_positive(
+            "restart_radius", self.default_restart_radius if restart_radius is None else restart_radius)
 
     def _run(self, ctx: AttackContext) -> Tensor:
         x, y = ctx.x, ctx.y

@@ -14,12 +14,11 @@ the official codes' deviations: /shared/FEATURE_ATTACKS.md section 3.
 """
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .base import AttackContext, check_count, check_positive
+from .base import AttackContext, check_choice, check_count, check_fraction, check_positive, check_range
 from .features import LayerTap, find_layers, layer_hooks, layer_names
 from .momentum import MomentumIterative
 from ..ops.norms import project_linf, view_as_batch
@@ -98,12 +97,6 @@ class FeatureLevel(MomentumIterative):
         return g.float()
 
 
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
 def _normalize_per_sample(t: Tensor) -> Tensor:
     return t / view_as_batch(t.flatten(1).norm(dim=1).clamp_min(torch.finfo(t.dtype).tiny), t)
 
@@ -129,12 +122,10 @@ class NAA(FeatureLevel):
     def __init__(self, eps: float = 16 / 255, layer: str | None = None, ens: int = 30, gamma: float = 1.0,
                  noise: float = 0.1, path: str = "paper", target: str = "prob", **kw) -> None:
         super().__init__(eps=eps, layer=layer, **kw)
-        check_count("ens", ens)
-        check_positive("gamma", gamma, allow_zero=True)
-        check_positive("noise", noise, allow_zero=True)
-        self.ens, self.gamma, self.noise = ens, float(gamma), float(noise)
-        self.path = _check_choice("path", path, ("paper", "official", "torchattack"))
-        self.target = _check_choice("target", target, ("prob", "logit"))
+        self.ens = check_count("ens", ens)
+        self.gamma, self.noise = check_positive("gamma", gamma, allow_zero=True), check_positive("noise", noise, allow_zero=True)
+        self.path = check_choice("path", path, ("paper", "official", "torchattack"))
+        self.target = check_choice("target", target, ("prob", "logit"))
 
     def _prepare(self, ctx: AttackContext) -> None:
         x = ctx.x
@@ -167,11 +158,9 @@ class FIA(FeatureLevel):
     def __init__(self, eps: float = 16 / 255, layer: str | None = None, ens: int = 30, drop: float = 0.3,
                  target: str = "logit", **kw) -> None:
         super().__init__(eps=eps, layer=layer, **kw)
-        check_count("ens", ens)
-        if not 0.0 <= drop < 1.0:
-            raise ValueError(f"drop must lie in [0, 1), got {drop}")
-        self.ens, self.drop = ens, float(drop)
-        self.target = _check_choice("target", target, ("prob", "logit"))
+        self.ens = check_count("ens", ens)
+        self.drop = check_range("drop", drop, "[0, 1)")  # 1 would drop every pixel
+        self.target = check_choice("target", target, ("prob", "logit"))
 
     def _prepare(self, ctx: AttackContext) -> None:
         x = ctx.x
@@ -195,8 +184,7 @@ class NRDM(FeatureLevel):
 
     def __init__(self, eps: float = 16 / 255, layer: str | None = None, init_noise: float = 0.1, **kw) -> None:
         super().__init__(eps=eps, layer=layer, **kw)
-        check_positive("init_noise", init_noise)
-        self.init_noise = float(init_noise)
+        self.init_noise = check_positive("init_noise", init_noise)
 
     def _prepare(self, ctx: AttackContext) -> None:
         self._clean = self._feature(ctx, ctx.x)
@@ -244,10 +232,8 @@ class ILPD(FeatureLevel):
     def __init__(self, eps: float = 16 / 255, layer: str | None = None, sigma: float = 0.05,
                  coef: float = 0.1, **kw) -> None:
         super().__init__(eps=eps, layer=layer, **kw)
-        check_positive("sigma", sigma, allow_zero=True)
-        if not 0.0 < coef <= 1.0:
-            raise ValueError(f"coef must lie in (0, 1], got {coef}")
-        self.sigma, self.coef = float(sigma), float(coef)
+        self.sigma = check_positive("sigma", sigma, allow_zero=True)
+        self.coef = check_fraction("coef", coef)
 
     def _objective(self, ctx: AttackContext, x: Tensor) -> Tensor:
         with torch.no_grad():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, BestTracker, check_count, check_positive
+from .base import Attack, AttackContext, BestTracker, check_count, check_flag, check_positive, check_range
 from .ddn import cosine_step
 from ..ops.norms import DUAL_NORMS, NORMS, box_radius, normalize_l2, project_ball, quantize as quantize_8bit
 from .registry import register_attack
@@ -48,17 +48,20 @@ class _FMN(Attack):
     def __init__(self, steps: int = 100, alpha_init: float = 1.0, alpha_final: float | None = None,
                  gamma_init: float = 0.05, gamma_final: float = 0.001, min_growth: bool = True, **kw) -> None:
         super().__init__(**kw)
-        check_count("steps", steps)
-        check_positive("alpha_init", alpha_init)
-        alpha_final = alpha_init / 100 if alpha_final is None else alpha_final
-        check_positive("alpha_final", alpha_final, allow_zero=True)
-        for name, value in (("gamma_init", gamma_init), ("gamma_final", gamma_final)):
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must lie in [0, 1), got {value}")
-        self.steps = int(steps)
-        self.alpha_init, self.alpha_final = float(alpha_init), float(alpha_final)
-        self.gamma_init, self.gamma_final = float(gamma_init), float(gamma_final)
-        self.min_growth = bool(min_growth)
+        self.steps = check_count("steps", steps)
+        self.alpha_init = check_positive("alpha_init", alpha_init)
+        self.alpha_final = check_positive("alpha_final", alpha_init / 100 if alpha_final is None else alpha_final,
+                                          allow_zero=True)
+        # gamma_k scales eps up (no adversarial yet) or down (adversarial) by (1 +- gamma_k): 0 at
+        # the start would leave eps fixed; both schedules anneal down (cosine), never up
+        self.gamma_init = check_range("gamma_init", gamma_init, "(0, 1)")
+        self.gamma_final = check_range("gamma_final", gamma_final, "[0, 1)")
+        for what, init, final in (("gamma", self.gamma_init, self.gamma_final),
+                                  ("alpha", self.alpha_init, self.alpha_final)):
+            if final > init:
+                raise ValueError(f"{what}_final ({final}) must be <= {what}_init ({init}): the schedule "
+                                 "anneals from init down to final")
+        self.min_growth = check_flag("min_growth", min_growth)
 
     def _run(self, ctx: AttackContext) -> Tensor:
         x, norm = ctx.x, self.norm

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, check_count, check_positive
+from .base import Attack, AttackContext, check_budget, check_count, check_flag, check_positive
 from .losses import is_adversarial
 from ..ops.norms import clip_box, normalize_l2, project_l2, project_linf, view_as_batch
 from .registry import register_attack
@@ -19,8 +19,7 @@ class FGSM(Attack):
 
     def __init__(self, eps: float = 0.3, **kw) -> None:
         super().__init__(**kw)
-        check_positive("eps", eps)
-        self.eps = float(eps)
+        self.eps = check_budget(eps, self.norm)
 
     def _run(self, ctx: AttackContext) -> Tensor:
         _, _, g = ctx.loss_and_grad(ctx.x)
@@ -38,14 +37,11 @@ class _Iterative(Attack):
     def __init__(self, eps: float, steps: int = 20, alpha: float | None = None,
                  random_start: bool = False, early_stop: bool = False, **kw) -> None:
         super().__init__(**kw)
-        check_positive("eps", eps)
-        check_count("steps", steps)
-        self.eps = float(eps)
-        self.steps = int(steps)
-        self.alpha = float(alpha) if alpha is not None else self._default_alpha()
-        check_positive("alpha", self.alpha)
-        self.random_start = bool(random_start)
-        self.early_stop = bool(early_stop)
+        self.eps = check_budget(eps, self.norm)
+        self.steps = check_count("steps", steps)
+        self.alpha = check_positive("alpha", alpha) if alpha is not None else self._default_alpha()
+        self.random_start = check_flag("random_start", random_start)
+        self.early_stop = check_flag("early_stop", early_stop)
 
     def _default_alpha(self) -> float:
         raise NotImplementedError

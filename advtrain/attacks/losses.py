@@ -89,6 +89,9 @@ def get_loss(name: str) -> Callable[..., Tensor]:
 
 
 def is_adversarial(logits: Tensor, y: Tensor, targets: Tensor | None = None) -> Tensor:
-    """Success criterion: prediction differs from y (untargeted) or equals the target."""
+    """Success criterion: prediction differs from y (untargeted) or equals the target, on a row
+    of finite logits only: NaN or inf logits are never a success (``argmax`` would pick the
+    first NaN's class, a "misclassification" of a model that said nothing)."""
     pred = logits.argmax(dim=1)
-    return pred != y if targets is None else pred == targets
+    hit = pred != y if targets is None else pred == targets
+    return hit & torch.isfinite(logits).all(dim=1)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Attack, AttackContext, check_count, check_positive
+from .base import Attack, AttackContext, check_budget, check_count, check_odd_size, check_positive, check_range
 from ..ops.norms import project_linf, view_as_batch
 from .registry import register_attack
 
@@ -85,26 +85,18 @@ class MomentumIterative(Attack):
                  ti_kernel: int = 0, ti_nsig: float = 3.0, pi_beta: float = 0.0, pi_gamma: float = 0.5,
                  pi_kernel: int = 3, **kw) -> None:
         super().__init__(**kw)
-        check_positive("eps", eps)
-        check_count("steps", steps)
-        self.eps, self.steps = float(eps), int(steps)
-        self.alpha = float(alpha) if alpha is not None else self.eps / self.steps
-        check_positive("alpha", self.alpha)
-        check_positive("decay", decay, allow_zero=True)
-        self.decay = float(decay)
-        if not 0.0 <= diversity_prob <= 1.0:
-            raise ValueError(f"diversity_prob must lie in [0, 1], got {diversity_prob}")
-        if not resize_rate > 1.0:
-            raise ValueError(f"resize_rate must be > 1 (the padded size over the image size), got {resize_rate}")
-        self.diversity_prob, self.resize_rate = float(diversity_prob), float(resize_rate)
-        for opt, k in (("ti_kernel", ti_kernel), ("pi_kernel", pi_kernel)):
-            if not isinstance(k, int) or isinstance(k, bool) or k < 0 or (k > 0 and k % 2 == 0):
-                raise ValueError(f"{opt} must be 0 (off) or an odd integer >= 1, got {k!r}")
-        check_positive("ti_nsig", ti_nsig)
-        check_positive("pi_beta", pi_beta, allow_zero=True)
-        check_positive("pi_gamma", pi_gamma, allow_zero=True)
-        self.ti_kernel, self.ti_nsig = ti_kernel, float(ti_nsig)
-        self.pi_beta, self.pi_gamma, self.pi_kernel = float(pi_beta), float(pi_gamma), pi_kernel
+        self.eps, self.steps = check_budget(eps, self.norm), check_count("steps", steps)
+        self.alpha = check_positive("alpha", alpha) if alpha is not None else self.eps / self.steps
+        self.decay = check_positive("decay", decay, allow_zero=True)
+        self.diversity_prob = check_range("diversity_prob", diversity_prob, "[0, 1]")
+        # the padded size over the image size
+        self.resize_rate = check_range("resize_rate", resize_rate, "(1, inf)")
+        self.ti_kernel = check_odd_size("ti_kernel", ti_kernel, allow_zero=True)
+        self.ti_nsig = check_positive("ti_nsig", ti_nsig)
+        self.pi_beta = check_positive("pi_beta", pi_beta, allow_zero=True)  # 0: PI-FGSM off
+        self.pi_gamma = check_positive("pi_gamma", pi_gamma, allow_zero=True)
+        # the projection kernel spreads onto the neighbours, centre excluded: at least 3 x 3
+        self.pi_kernel = check_odd_size("pi_kernel", pi_kernel, minimum=3)
 
     # ------------------------------------------------------------------ hooks for the subclasses
     def _prepare(self, ctx: AttackContext) -> None:

@@ -25,7 +25,8 @@ class QuickPGDL2(PGDL2):
                  random_start: bool = False, smooth_alpha: float | None = None, solver: str = "auto",
                  cg_steps: int = 50, graph: dict | None = None, **kw) -> None:
         super().__init__(eps=eps, steps=steps, alpha=alpha, random_start=random_start, **kw)
-        check_smoothing_options(smooth_alpha, solver, cg_steps)
+        check_smoothing_options(smooth_alpha, solver, cg_steps, {} if graph is None else graph,
+                                what=f"{self.name}: graph")
         self.smooth_alpha, self.solver, self.cg_steps = smooth_alpha, solver, int(cg_steps)
         self.graph = dict(graph or {})
         self._smoother: LaplacianSmoother | None = None

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, check_count, check_fraction, check_positive, check_seed
+from .base import Attack, AttackContext, check_budget, check_count, check_fraction, check_seed
 from .losses import is_adversarial
 from ..ops.norms import clip_box, l2_norm, project_linf, project_sphere, quantize as quantize_8bit, view_as_batch
 from .registry import register_attack
@@ -72,15 +72,10 @@ class _Square(Attack):
     def __init__(self, eps: float | None = None, queries: int = 5000, p_init: float = 0.8, seed: int = 0,
                  **kw) -> None:
         super().__init__(**kw)
-        eps = self.default_eps if eps is None else eps
-        check_positive("eps", eps)
-        check_count("queries", queries)
-        check_fraction("p_init", p_init)
-        check_seed(seed)
-        self.eps = float(eps)
-        self.queries = int(queries)
-        self.p_init = float(p_init)
-        self.seed = seed
+        self.eps = check_budget(self.default_eps if eps is None else eps, self.norm)
+        self.queries = check_count("queries", queries)
+        self.p_init = check_fraction("p_init", p_init)
+        self.seed = check_seed(seed)
 
     def _init(self, x: Tensor, gen: torch.Generator) -> Tensor:
         raise NotImplementedError

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.checks import check_count, check_flag, check_positive
 from ..ops.norms import clip_box, round_to_levels
 from .registry import register_defense
 
@@ -24,9 +25,7 @@ class BitDepth(nn.Module):
 
     def __init__(self, bits: int = 3) -> None:
         super().__init__()
-        if not 1 <= int(bits) <= 8:
-            raise ValueError(f"bits must be in 1..8, got {bits}")
-        self.bits = int(bits)
+        self.bits = check_count("bits", bits, maximum=8)
 
     def forward(self, x: Tensor) -> Tensor:
         return round_to_levels(x, 2 ** self.bits)
@@ -48,9 +47,7 @@ class MedianSmoothing(nn.Module):
 
     def __init__(self, size: int = 2) -> None:
         super().__init__()
-        if int(size) < 2:
-            raise ValueError(f"size must be >= 2, got {size}")
-        self.size = int(size)
+        self.size = check_count("size", size, minimum=2)
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
@@ -115,11 +112,11 @@ class PixelDeflection(nn.Module):
     def __init__(self, deflections: int = 200, window: int = 10, sigma: float = 0.04,
                  levels: int = 1, use_map: bool = True) -> None:
         super().__init__()
-        if deflections < 0 or window < 1 or sigma < 0 or levels < 1:
-            raise ValueError("pixel_deflection needs deflections >= 0, window >= 1, sigma >= 0, levels >= 1; "
-                             f"got deflections={deflections}, window={window}, sigma={sigma}, levels={levels}")
-        self.deflections, self.window, self.sigma = int(deflections), int(window), float(sigma)
-        self.levels, self.use_map = int(levels), bool(use_map)
+        self.deflections = check_count("deflections", deflections, minimum=0)
+        self.window = check_count("window", window)
+        self.sigma = check_positive("sigma", sigma, allow_zero=True)
+        self.levels = check_count("levels", levels)
+        self.use_map = check_flag("use_map", use_map)
 
     def activation_map(self, x: Tensor) -> Tensor:
         """[N, H, W] in [0, 1]: high where the image departs from its mean (the object)."""
@@ -164,10 +161,8 @@ class Bilateral(nn.Module):
     def __init__(self, sigma_s: float = 5.0, sigma_r: float = 5.0 / 255.0, radius: int | None = None,
                  filter_fn: Callable[..., Tensor] | None = None) -> None:
         super().__init__()
-        if not (sigma_s > 0 and sigma_r > 0) or (radius is not None and radius < 1):
-            raise ValueError(f"bilateral needs sigma_s > 0, sigma_r > 0 and radius >= 1, got sigma_s={sigma_s}, "
-                             f"sigma_r={sigma_r}, radius={radius}")
-        self.sigma_s, self.sigma_r, self.radius = float(sigma_s), float(sigma_r), radius
+        self.sigma_s, self.sigma_r = check_positive("sigma_s", sigma_s), check_positive("sigma_r", sigma_r)
+        self.radius = None if radius is None else check_count("radius", radius)
         if filter_fn is None:
             from ..smoothing.bilateral import bilateral_filter as filter_fn
         self.filter_fn = filter_fn

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ..ops.checks import check_range
+
 if TYPE_CHECKING:
     from .stats import ActivationStats
 
@@ -28,9 +30,7 @@ R_LINEAR = 1.25
 
 
 def check_quantile(quantile: float) -> float:
-    if not isinstance(quantile, (int, float)) or isinstance(quantile, bool) or not 0.0 < float(quantile) < 1.0:
-        raise ValueError(f"quantile must lie in (0, 1), got {quantile!r}")
-    return float(quantile)
+    return check_range("quantile", quantile, "(0, 1)")
 
 
 def floored_std(std: Tensor, rel_floor: float) -> Tensor:

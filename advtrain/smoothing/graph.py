@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.checks import check_choice, check_positive
 from ..ops.norms import TINY
 
 FEATURE_KERNELS = ("laplacian", "gaussian")
@@ -77,6 +78,16 @@ class ImageGraph:
         return num / r.flatten(1).square().sum(1).clamp_min(TINY)
 
 
+def check_graph_options(feature_kernel: str = "laplacian", sigma_f: float = 1.0, sigma_s: float = 1.0,
+                        neighbours: int = 8) -> None:
+    """Validate ``image_graph``'s options (before any image: the smooth attacks check at construction)."""
+    check_choice("feature_kernel", feature_kernel, FEATURE_KERNELS)
+    if neighbours not in NEIGHBOURHOODS or isinstance(neighbours, bool):
+        raise ValueError(f"neighbours must be one of {sorted(NEIGHBOURHOODS)}, got {neighbours!r}")
+    check_positive("sigma_f", sigma_f)
+    check_positive("sigma_s", sigma_s)
+
+
 def image_graph(x_o: Tensor, feature_kernel: str = "laplacian", sigma_f: float = DEFAULT_SIGMA_F,
                 sigma_s: float = 1.0, neighbours: int = 8) -> ImageGraph:
     """Build the normalised graph of each image of ``x_o`` [B, d, H, W] (thesis eq. 4.1).
@@ -89,13 +100,7 @@ def image_graph(x_o: Tensor, feature_kernel: str = "laplacian", sigma_f: float =
         raise ValueError(f"x_o must be a floating-point NCHW (4-D) batch, got {tuple(x_o.shape)}")
     if not bool(torch.isfinite(x_o).all()):
         raise ValueError("the guide image x_o contains NaN or Inf values")
-    if feature_kernel not in FEATURE_KERNELS:
-        raise ValueError(f"unknown feature_kernel {feature_kernel!r}; valid: {', '.join(FEATURE_KERNELS)}")
-    if neighbours not in NEIGHBOURHOODS:
-        raise ValueError(f"neighbours must be one of {sorted(NEIGHBOURHOODS)}, got {neighbours}")
-    for name, s in (("sigma_f", sigma_f), ("sigma_s", sigma_s)):
-        if not s > 0:
-            raise ValueError(f"{name} must be > 0, got {s}")
+    check_graph_options(feature_kernel, sigma_f, sigma_s, neighbours)
     x_o = x_o.detach()
     offsets = NEIGHBOURHOODS[neighbours]
     inside = torch.ones_like(x_o[:, :1])

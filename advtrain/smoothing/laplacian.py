@@ -4,13 +4,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..ops.checks import check_range
 from .graph import ImageGraph
 
 
 def check_alpha(alpha: float) -> None:
     """alpha in [0, 1): 0 is the all-pass filter, -> 1 a strict low-pass (thesis 4.2)."""
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"alpha must lie in [0, 1), got {alpha}")
+    check_range("alpha", alpha, "[0, 1)")
 
 
 def laplacian_matvec(graph: ImageGraph, alpha: float, v: Tensor) -> Tensor:

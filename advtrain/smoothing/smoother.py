@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .graph import ImageGraph, image_graph
+from ..ops.checks import check_choice, check_count
+from ..registry import check_kwargs, valid_options
+from .graph import ImageGraph, check_graph_options, image_graph
 from .laplacian import check_alpha
 from .solvers import DENSE_MAX_PIXELS, CGSolver, direct_solver
 
@@ -30,14 +32,21 @@ def default_alpha(height: int, width: int) -> float:
     return 0.95 if height * width <= DENSE_MAX_PIXELS else 0.997
 
 
-def check_smoothing_options(alpha: float | None, solver: str, cg_steps: int) -> None:
-    """Validate the options shared by the smoother and the smooth attacks (qPGD2, sC&W)."""
+def check_smoothing_options(alpha: float | None, solver: str, cg_steps: int, graph: dict | None = None,
+                            what: str = "graph") -> None:
+    """Validate the options shared by the smoother and the smooth attacks (qPGD2, sC&W), ``graph``
+    (``image_graph``'s options) included: an unknown or renamed name is refused as the registries
+    refuse one (``iters`` was renamed to ``cg_steps``)."""
     if alpha is not None:
         check_alpha(alpha)
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
-    if cg_steps < 1:
-        raise ValueError(f"cg_steps (CG iterations) must be >= 1, got {cg_steps}")
+    check_choice("solver", solver, SOLVERS)
+    check_count("cg_steps (CG iterations)", cg_steps)
+    if graph is not None:
+        if not isinstance(graph, dict):
+            raise TypeError(f"graph must be a dict of image_graph options, got {type(graph).__name__}")
+        check_kwargs(image_graph, graph, what, valid=[*valid_options(LaplacianSmoother)[1:],
+                                                      *valid_options(image_graph)[1:]])
+        check_graph_options(**graph)
 
 
 class LaplacianSmoother:
@@ -58,7 +67,7 @@ class LaplacianSmoother:
 
     def __init__(self, x_o: Tensor, alpha: float | None = 0.95, solver: str = "auto", cg_steps: int = 50,
                  **graph_options) -> None:
-        check_smoothing_options(alpha, solver, cg_steps)
+        check_smoothing_options(alpha, solver, cg_steps, graph_options, what="LaplacianSmoother")
         self.graph: ImageGraph = image_graph(x_o, **graph_options)
         b, h, w = self.graph.shape
         alpha = default_alpha(h, w) if alpha is None else alpha
