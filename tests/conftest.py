@@ -1,6 +1,7 @@
 """Shared fixtures: the embedded MNIST data and a C4 trained on it (cached across test runs)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from advtrain.training.plain_loop import Recipe, cached_model, madry_recipe, tra
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "tests"
 C4_RECIPE = "c4-adam1e-3-bs64-ep6-seed0-v1"
+#: margin check (issue 24): ADVTRAIN_TEST_SEED=k trains the session's models with seed k into
+#: their own cache, standing in for the slightly different weights another CPU model trains
+TEST_SEED = int(os.environ.get("ADVTRAIN_TEST_SEED", "0"))
+if TEST_SEED:
+    CACHE = CACHE.parent / f"tests-seed{TEST_SEED}"
 
 
 #: the cheap Madry model of the default test run: Madry's Linf PGD training at eps 0.3 made cheap,
@@ -24,6 +30,7 @@ C4_RECIPE = "c4-adam1e-3-bs64-ep6-seed0-v1"
 #: correct ones (issue 11's masking). Pre-training 2 clean epochs then 2 epochs of PGD-3 gave 0.61
 #: clean accuracy. The full recipe: ``madry_recipe("c4")`` (``make test-slow``, the bench).
 MADRY_TEST_RECIPE = madry_recipe("c4", epochs=2, steps=5, alpha=0.1)
+MADRY_TEST_RECIPE = dataclasses.replace(MADRY_TEST_RECIPE, seed=TEST_SEED)
 
 
 def train_c4(epochs: int = 6, seed: int = 0) -> torch.nn.Module:
@@ -46,7 +53,7 @@ def cached_c4() -> tuple[torch.nn.Module, str]:
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval(), f"trained C4 {C4_RECIPE} (cached {path})"
-    model = train_c4()
+    model = train_c4(seed=TEST_SEED)
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)

@@ -20,6 +20,7 @@ from advtrain.attacks import build_attack
 from advtrain.attacks.apgd import checkpoints
 from advtrain.attacks.losses import dlr_loss, margin_loss
 from advtrain.attacks.square import SquareLinf, p_schedule
+from rates import rate_floor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -185,7 +186,9 @@ def test_targeted_runs_hit_the_target(name, trained_c4, batch):
     with torch.no_grad():
         pred = trained_c4(res.x_adv).argmax(1)
     assert torch.equal(res.success, pred == targets)
-    assert float(res.success.float().mean()) >= 0.5  # eps 0.25 on an undefended C4: most targets reachable
+    # eps 0.25 on an undefended C4, most targets reachable: measured 20 to 22 of 24 (C4 seeds 0 / 1 / 2,
+    # both attacks); the binomial floor of 20/24 for 24 images (rates.py) is 0.60
+    assert float(res.success.float().mean()) >= rate_floor(20 / 24, 24)
     assert float(res.linf.max()) <= 0.25 + 1e-6
 
 
@@ -199,7 +202,9 @@ def test_quantize_keeps_an_iterate_whose_rounding_is_adversarial(trained_c4, bat
     aware = build_attack("apgd_linf", eps=0.1, steps=20, quantize=True)(trained_c4, x, y)
     assert float((aware.x_adv * 255 - torch.round(aware.x_adv * 255)).abs().max()) < 1e-4
     assert bool((rounded_late <= aware.success).all())
-    assert int(aware.success.sum()) >= int(real.success.sum()) - 2  # rounding costs little when aware
+    # rounding costs little when aware: measured 0, 0, +1 images of 48 (C4 seeds 0 / 1 / 2); the subset
+    # property above is exact, this bounds what the aware run may lose on images it rounds itself
+    assert int(aware.success.sum()) >= int(real.success.sum()) - 2
 
 
 class _NoBackward(torch.autograd.Function):

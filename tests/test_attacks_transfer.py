@@ -10,6 +10,7 @@ import torch
 from advtrain.attacks import build_attack
 from advtrain.attacks.feature_level import default_layer
 from advtrain.models import build_model
+from rates import rate_floor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -144,4 +145,6 @@ def test_targeted_mifgsm_and_ilpd_hit_targets(trained_c4, images):
     t = (y + 1) % 10
     for name in ("mifgsm", "ilpd"):
         res = build_attack(name, eps=0.3, steps=10)(trained_c4, x, y, t)
-        assert float(res.success.float().mean()) > 0.5, name  # white-box, large eps: most targets reached
+        # white-box, large eps: most targets reached; measured 15/16 (mifgsm) and 14 to 15 of 16 (ilpd)
+        # on the C4 of seeds 0 / 1 / 2: the binomial floor of 14/16 for 16 images (rates.py) is 0.63
+        assert float(res.success.float().mean()) >= rate_floor(14 / 16, 16), name

@@ -8,8 +8,12 @@ from advtrain.attacks import build_attack
 from advtrain.attacks.cw import CarliniWagnerL2
 from advtrain.ops.norms import l2_norm
 from advtrain.smoothing import LaplacianSmoother
+from rates import rate_floor
 
 N = 24  # images of the correctly classified test batch attacked here
+#: measured success on the N images (C4 trained with seeds 0 / 1 / 2, see rates.py): C&W 5x20
+#: 23/24 on all three; qPGD2 eps 3, 10 steps: 22 / 23 / 22 of 24 (thesis Table 4.1: C&W P_suc 1.00)
+CW_SUCCESS, QPGD_SUCCESS = 23 / 24, 22 / 24
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 1 torch thread for this module
@@ -49,7 +53,8 @@ def test_cw_returns_the_successful_iterate_of_least_l2(results):
     least = torch.where(adv, l2, torch.inf).amin(0)
     assert torch.equal(res.success, adv.any(0))
     torch.testing.assert_close(res.l2[res.success], least[res.success], rtol=1e-5, atol=1e-6)
-    assert float(res.success.float().mean()) >= 0.9
+    # 0.9 (at most 2 failures of 24) failed with p ~ 0.08 on another training; the binomial floor: 0.83
+    assert float(res.success.float().mean()) >= rate_floor(CW_SUCCESS, N)
 
 
 def test_cw_beats_fgsm_distortion(results):
@@ -71,7 +76,7 @@ def test_scw_distortion_at_most_cw_at_similar_success(results):
     """Thesis Table 4.1 (C4 on MNIST): C&W P_suc 1.00, D 2.49; sC&W P_suc 1.00, D 1.97."""
     cw, scw = results["cw_l2"], results["scw_l2"]
     p_cw, p_scw = (float(r.success.float().mean()) for r in (cw, scw))
-    assert p_scw >= p_cw - 0.05
+    assert p_scw >= rate_floor(p_cw, N)  # "similar": within the binomial spread of 24 images (0.12), not 1 image
     assert float(scw.l2[scw.success].mean()) <= float(cw.l2[cw.success].mean())
 
 
@@ -79,7 +84,7 @@ def test_qpgd_is_smoother_than_pgd(trained_c4, xy):
     x, y = xy
     graph = LaplacianSmoother(x, 0.95)
     res = {n: build_attack(n, eps=3.0, steps=10)(trained_c4, x, y) for n in ("pgd_l2", "qpgd_l2")}
-    assert float(res["qpgd_l2"].success.float().mean()) >= 0.7
+    assert float(res["qpgd_l2"].success.float().mean()) >= rate_floor(QPGD_SUCCESS, N)  # 0.75
     smooth = {n: graph.smoothness(r.x_adv - x).mean() for n, r in res.items()}
     assert float(smooth["qpgd_l2"]) < 0.6 * float(smooth["pgd_l2"])
     assert float(res["qpgd_l2"].l2.max()) <= 3.0 + 1e-5
