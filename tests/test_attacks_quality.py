@@ -8,6 +8,12 @@ from advtrain.attacks import build_attack
 from advtrain.attacks.bp import gamma_schedule, in_target, out_target, q_in, q_out
 from advtrain.ops.norms import clip_box, l2_norm, normalize_l2, quantize
 from advtrain.evaluation.metrics import least_distortion
+from rates import rate_floor
+
+#: measured on the ~246 correctly classified test images (C4 seeds 0 / 1 / 2; rates.py): BP-20
+#: succeeds on all, DDN-20 and both on 231/246 (seed 0); the eps sweeps on the 48 images: FGSM and
+#: I-FGSM 47/48, PGD2 46/48 (seed 0)
+BOTH_SUCCESS, SWEEP_SUCCESS = 231 / 246, 46 / 48
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +26,7 @@ def bp_ddn_20(trained_c4, correct_test_batch):
 def test_bp20_succeeds_on_almost_every_image(bp_ddn_20):
     bp = bp_ddn_20["bp"]
     assert bp.grads == 20
+    # thesis Table 5.2: BP-20 P_suc 1.00; measured 1.00 on every training: at most 2 of ~246 may fail
     assert float(bp.success.float().mean()) >= 0.99
 
 
@@ -27,7 +34,7 @@ def test_bp20_less_distortion_than_ddn20_on_common_successes(bp_ddn_20):
     """Compared image by image where both succeed, BP-20 has the lower mean L2."""
     bp, ddn = bp_ddn_20["bp"], bp_ddn_20["ddn"]
     both = bp.success & ddn.success
-    assert int(both.sum()) >= 0.9 * len(both)
+    assert int(both.sum()) >= rate_floor(BOTH_SUCCESS, len(both)) * len(both)  # 0.89; 0.9 had no margin
     assert float(bp.l2[both].mean()) < float(ddn.l2[both].mean())
 
 
@@ -49,7 +56,8 @@ def sweep(model, x, y, name: str, budgets: list[float], **options) -> torch.Tens
     """Mean over images of the least L2 of a successful output over an eps sweep (thesis 3.3.2)."""
     runs = [build_attack(name, eps=eps, quantize=True, **options)(model, x, y) for eps in budgets]
     success, dist = least_distortion(torch.stack([r.success for r in runs]), torch.stack([r.l2 for r in runs]))
-    assert float(success.float().mean()) >= 0.9, f"{name} fails on most images over the sweep"
+    # 0.9 on 48 images had no margin (0.958 measured: floor 0.87)
+    assert float(success.float().mean()) >= rate_floor(SWEEP_SUCCESS, len(success)), f"{name} fails over the sweep"
     return dist[success].mean()
 
 

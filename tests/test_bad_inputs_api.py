@@ -59,7 +59,8 @@ FLAGS = [("fab_l2", "targeted"), ("fab_linf", "targeted"), ("fmn_l2", "min_growt
 @pytest.mark.parametrize("value", ["no", "false", 0, None], ids=["no", "false", "0", "None"])
 @pytest.mark.parametrize("name,flag", FLAGS, ids=[f"{n}.{f}" for n, f in FLAGS])
 def test_a_flag_that_is_not_a_boolean_is_refused(name, flag, value):
-    one_line(lambda: build_attack(name, **NEEDS.get(name, {}), **{flag: value}), f"{flag} must be true or false, got {type(value).__name__}")
+    one_line(lambda: build_attack(name, **NEEDS.get(name, {}), **{flag: value}),
+             f"{flag} must be true or false, got {type(value).__name__}")
 
 
 @pytest.mark.parametrize("name,flag", FLAGS[:5], ids=[f"{n}.{f}" for n, f in FLAGS[:5]])
@@ -180,23 +181,15 @@ def test_an_l2_budget_that_holds_the_whole_box_is_refused(name, c4, images):
 
 
 # ------------------------------------------------------------------ 4. the inputs of Attack.__call__
-class ReturnsTuple(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
+class Returns(nn.Module):
+    """The net's logits passed through ``output(logits, x)``: what a wrongly wrapped model returns."""
+
+    def __init__(self, net: nn.Module, output) -> None:
         super().__init__()
-        self.net = net
+        self.net, self.output = net, output
 
     def forward(self, x):
-        return self.net(x), x
-
-
-class ReturnsFlat(ReturnsTuple):
-    def forward(self, x):
-        return self.net(x).flatten()
-
-
-class ReturnsOne(ReturnsTuple):
-    def forward(self, x):
-        return self.net(x)[:1]
+        return self.output(self.net(x), x)
 
 
 def _inputs(images):
@@ -217,7 +210,8 @@ def _inputs(images):
         "integer images": (((x * 255).to(torch.uint8), y), "x must be a floating-point tensor"),
         "images as an array": ((x.numpy(), y), "x must be a floating-point tensor of images in [0, 1], got ndarray"),
         "flat images": ((x.flatten(1), y), "x must be a batch of images NCHW (4-D), got shape (4, 784)"),
-        "RGB images": ((x.expand(-1, 3, -1, -1), y), "the images have 3 channels, the model's first convolution takes 1"),
+        "RGB images": ((x.expand(-1, 3, -1, -1), y),
+                       "the images have 3 channels, the model's first convolution takes 1"),
         "float64 images": ((x.double(), y), "the images are torch.float64 but the model's weights are torch.float32"),
     }
 
@@ -235,9 +229,12 @@ def test_a_bad_input_to_an_attack_is_one_line(case, attack, c4, images):
 
 MODELS = {
     "a plain function": (lambda net: (lambda x: net(x)), "model must be a torch.nn.Module, got function"),
-    "a tuple": (ReturnsTuple, "the model must return a logits tensor [B, classes], got tuple"),
-    "a flat vector": (ReturnsFlat, "the model must return logits of shape [4, classes], got (40,)"),
-    "another batch size": (ReturnsOne, "the model must return logits of shape [4, classes], got (1, 10)"),
+    "a tuple": (lambda net: Returns(net, lambda out, x: (out, x)),
+                "the model must return a logits tensor [B, classes], got tuple"),
+    "a flat vector": (lambda net: Returns(net, lambda out, x: out.flatten()),
+                      "the model must return logits of shape [4, classes], got (40,)"),
+    "another batch size": (lambda net: Returns(net, lambda out, x: out[:1]),
+                           "the model must return logits of shape [4, classes], got (1, 10)"),
     "weights on another device": (lambda net: build_model("c4").to("meta"),
                                   "the images are on cpu but the model is on meta"),
 }
@@ -247,7 +244,8 @@ MODELS = {
 @pytest.mark.parametrize("case", list(MODELS))
 def test_a_bad_model_for_an_attack_is_one_line(case, attack, c4, images):
     wrap, msg = MODELS[case]
-    att = build_attack(attack, **({"queries": 2} if attack == "square_l2" else {} if attack == "fgsm" else {"steps": 2}))
+    opts = {"queries": 2} if attack == "square_l2" else {} if attack == "fgsm" else {"steps": 2}
+    att = build_attack(attack, **opts)
     one_line(lambda: att(wrap(c4), *images), msg)
 
 

@@ -123,7 +123,8 @@ class NAA(FeatureLevel):
                  noise: float = 0.1, path: str = "paper", target: str = "prob", **kw) -> None:
         super().__init__(eps=eps, layer=layer, **kw)
         self.ens = check_count("ens", ens)
-        self.gamma, self.noise = check_positive("gamma", gamma, allow_zero=True), check_positive("noise", noise, allow_zero=True)
+        self.gamma = check_positive("gamma", gamma, allow_zero=True)
+        self.noise = check_positive("noise", noise, allow_zero=True)
         self.path = check_choice("path", path, ("paper", "official", "torchattack"))
         self.target = check_choice("target", target, ("prob", "logit"))
 
