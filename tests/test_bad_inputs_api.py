@@ -20,19 +20,11 @@ from advtrain.models import build_model
 from advtrain.smoothing import LaplacianSmoother
 from advtrain.training.inner_attack import build_inner_attack
 from featspace_files import untrained_style_pair
+from test_bad_inputs import one_line  # the battery's one-line check
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ERRORS = (ValueError, TypeError)
 B = 4
-
-
-def one_line(call, match: str) -> str:
-    """``call()`` raises a user error whose message is one line containing ``match``."""
-    with pytest.raises(ERRORS) as exc:
-        call()
-    msg = str(exc.value)
-    assert "\n" not in msg.strip() and match in msg, msg
-    return msg
 
 
 @pytest.fixture(scope="module")
