@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from advtrain.attacks import build_attack
+from advtrain.distributed import broadcast
 
 
 class CatastrophicOverfittingWarning(UserWarning):
@@ -79,7 +80,7 @@ class CatastrophicOverfittingGuard(pl.Callback):
         if self._batch is None:
             x, y = self._fixed_batch(trainer)
             self._batch = (x.to(pl_module.device), y.to(pl_module.device))
-        pgd, fgsm = self.accuracies(pl_module.model, *self._batch)
+        pgd, fgsm = broadcast(self.accuracies(pl_module.model, *self._batch))  # one decision for every rank
         self.history.append((step, pgd, fgsm))
         pl_module.log_dict({"co/pgd_acc": pgd, "co/fgsm_acc": fgsm}, on_step=True, on_epoch=False)
         if not collapsed(pgd, fgsm, self.best_pgd_acc, self.drop, self.gap):
