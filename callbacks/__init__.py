@@ -1,1 +1,1 @@
-"""Lightning callbacks of advtrain (fit patch codebooks, log robustness curves)."""
+"""Lightning callbacks of advtrain (fit patch codebooks, log robustness curves, EMA weights, catastrophic-overfitting guard)."""

@@ -30,11 +30,17 @@ def validate(module, **trainer_kw) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
-def test_two_process_adversarial_fit_reports_the_same_metrics_as_one(tmp_path, monkeypatch):
+#: TRADES with AWP (issue 22): the KL-PGD inner attack and the weight perturbation under DDP (each rank perturbs
+#: against its own shard; the restored weights and the all-reduced gradient keep the ranks identical)
+TRADES_AWP = {"loss": "trades", "attack": "pgd_linf", "attack_options": {"eps": 0.3, "steps": 2}, "awp_gamma": 5e-3}
+
+
+@pytest.mark.parametrize("module_kw", [None, TRADES_AWP], ids=["pgd_l2", "trades_awp"])
+def test_two_process_adversarial_fit_reports_the_same_metrics_as_one(tmp_path, monkeypatch, module_kw):
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
-    module, trainer = quick_fit(tmp_path, max_epochs=2, batches=4, val_batches=1.0, accelerator="cpu",
-                                devices=2, strategy="ddp_spawn")
+    module, trainer = quick_fit(tmp_path, module_kw=module_kw, max_epochs=2, batches=4, val_batches=1.0,
+                                accelerator="cpu", devices=2, strategy="ddp_spawn")
     assert trainer.world_size == 2
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 8  # 4 batches x 2 epochs
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -95,3 +95,14 @@ def is_adversarial(logits: Tensor, y: Tensor, targets: Tensor | None = None) -> 
     pred = logits.argmax(dim=1)
     hit = pred != y if targets is None else pred == targets
     return hit & torch.isfinite(logits).all(dim=1)
+
+
+def kl_divergence(reference_logits: Tensor, logits: Tensor) -> Tensor:
+    """KL(p_ref || p) = sum_k p_ref,k (log p_ref,k - log p_k) per sample, p = softmax of the logits.
+
+    TRADES' robust term and the inner maximization of it (Zhang et al. 2019, eq. 5), MART's KL term
+    (Wang et al. 2020, eq. 9). Differentiable in both arguments (the papers do not detach p_ref).
+    An attacker minimizing it wants ``-kl_divergence``.
+    """
+    ref = reference_logits.float()
+    return (F.softmax(ref, dim=1) * (F.log_softmax(ref, dim=1) - F.log_softmax(logits.float(), dim=1))).sum(dim=1)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..attacks import ATTACKS, Attack, build_attack
 from ..ops.norms import project_l2
 from ..registry import valid_options
+from .fast_at import INNER_ATTACKS
 
 #: iterations of iterative inner-loop attacks when unspecified (thesis 5.5: DDN/BP at 20 iterations)
 DEFAULT_STEPS = 20
@@ -18,10 +19,15 @@ DEFAULT_STEPS = 20
 def build_inner_attack(name: str, options: dict[str, Any] | None = None, eval_mode: bool = True) -> Attack:
     """An attack from the registry, ``DEFAULT_STEPS`` iterations unless ``options`` says otherwise.
 
+    ``name`` is an attack of the registry or of :data:`INNER_ATTACKS` (training-only: ``nfgsm``).
     Unknown names and options fail with the valid ones; bad values (e.g. ``eps <= 0``) fail in the
     attack's constructor.
     """
     opts = dict(options or {})
+    if name in INNER_ATTACKS:  # training-only attacks (N-FGSM)
+        return INNER_ATTACKS.build(name, eval_mode=eval_mode, **opts)
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; known: {', '.join(sorted([*ATTACKS.keys(), *INNER_ATTACKS.keys()]))}")
     if "steps" in valid_options(ATTACKS[name]):
         opts.setdefault("steps", DEFAULT_STEPS)
     return build_attack(name, eval_mode=eval_mode, **opts)
