@@ -117,6 +117,13 @@ class AttackContext:
         return is_adversarial(logits, self.y, self.targets)
 
 
+def draws_per_call(model: nn.Module) -> int:
+    """Forward(+backward) passes one call of ``model`` costs: ``eot_samples`` for a model seen through
+    EOT (``advtrain.defenses.eot.EOT``: the mean over that many random draws), else 1. Attacks count
+    calls; the reported ``grads`` and ``queries`` are multiplied by this, so every draw is counted."""
+    return int(getattr(model, "eot_samples", 1))
+
+
 @contextlib.contextmanager
 def frozen_eval(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
     """Eval mode and ``requires_grad=False`` on parameters for the duration; both restored."""
@@ -284,10 +291,11 @@ class Attack:
             ctx = AttackContext(model, x, y, targets, self.loss_fn)
             x_adv = self._run(ctx).detach()
             delta = x_adv - x
+            draws = draws_per_call(model)
             # success is always measured on the returned images, when first read
             return AttackResult(x_adv=x_adv, success=success_on(model, ctx, x_adv, self.eval_mode),
-                                l2=l2_norm(delta), linf=linf_norm(delta), grads=ctx.grads,
-                                queries=ctx.queries)
+                                l2=l2_norm(delta), linf=linf_norm(delta), grads=ctx.grads * draws,
+                                queries=ctx.queries * draws)
 
     def _run(self, ctx: AttackContext) -> Tensor:
         """Return the adversarial images (in [0, 1])."""
