@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from advtrain.attacks import build_attack
+from advtrain.attacks.base import AttackContext
 from advtrain.defenses import build_defense
 from advtrain.defenses.defended import Defended
 from advtrain.defenses.eot import EOT, misclassified, plan_draws, randomness
@@ -82,22 +83,40 @@ def test_detection_randomized_models_get_eot(x):
         plan_draws(pd, view, x, eot_samples=0)
 
 
-def test_eot_gradient_is_the_mean_of_the_per_draw_gradients(x):
-    """The same random numbers one draw at a time: the mean of the K per-draw gradients of <g, logits>
-    (the vector-Jacobian product any attack objective reaches the input through) equals EOT's."""
+def _per_draw_and_eot(x, k, per_draw_grad, eot_grad):
+    """The K per-draw gradients, one draw at a time, and EOT's on the same random numbers."""
+    torch.manual_seed(5)
+    per_draw = [per_draw_grad(x.clone().requires_grad_(True)) for _ in range(k)]
+    torch.manual_seed(5)
+    return per_draw, eot_grad(x.clone().requires_grad_(True))
+
+
+def test_eot_loss_gradient_is_the_mean_of_the_per_draw_loss_gradients(x):
+    """What APGD, FMN, DDN, BP, PGD get (``AttackContext.loss_and_grad``): the mean over draws of the
+    per-draw cross-entropy gradients (AutoAttack's EOT), not the gradient at the mean logits."""
+    model, k = Noisy(), 7
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    ce = build_attack("pgd_l2", eps=1.0).loss_fn
+
+    def one(xr):
+        return torch.autograd.grad(ce(model(xr), y, None).sum(), xr)[0]
+
+    def eot(xr):
+        return AttackContext(EOT(model, k), xr.detach(), y, None, ce).loss_and_grad(xr)[2]
+
+    per_draw, g = _per_draw_and_eot(x, k, one, eot)
+    torch.testing.assert_close(g, torch.stack(per_draw).mean(0), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(per_draw[0], per_draw[1])  # the draws do differ
+
+
+def test_eot_forward_gradient_is_the_mean_of_the_per_draw_gradients(x):
+    """What attacks with objectives of their own (FAB, C&W, ALMA) get through the forward: the mean of
+    the per-draw gradients of <g, logits> (the vector-Jacobian product their objective reaches x by)."""
     model, k = Noisy(), 7
     g = torch.randn(len(x), 3, generator=torch.Generator().manual_seed(2))
-    torch.manual_seed(5)
-    per_draw = []
-    for _ in range(k):
-        xr = x.clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad((model(xr) * g).sum(), xr)
-        per_draw.append(grad)
-    torch.manual_seed(5)
-    xr = x.clone().requires_grad_(True)
-    (eot,) = torch.autograd.grad((EOT(model, k)(xr) * g).sum(), xr)
+    per_draw, eot = _per_draw_and_eot(x, k, lambda xr: torch.autograd.grad((model(xr) * g).sum(), xr)[0],
+                                      lambda xr: torch.autograd.grad((EOT(model, k)(xr) * g).sum(), xr)[0])
     torch.testing.assert_close(eot, torch.stack(per_draw).mean(0), rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(per_draw[0], per_draw[1])  # the draws do differ
 
 
 def test_grads_count_every_draw(x):

@@ -86,7 +86,9 @@ class AttackContext:
     def forward(self, x: Tensor) -> Tensor:
         """The model's logits; the first call also checks them (logits, not probabilities) and the
         labels' range against their width, before any loss is taken (no extra forward pass)."""
-        logits = self.model(x)
+        return self._checked(self.model(x))
+
+    def _checked(self, logits: Tensor) -> Tensor:
         if not self.checked:
             check_logits(logits)
             check_label_range(self.y, self.targets, logits.shape[1])
@@ -104,17 +106,29 @@ class AttackContext:
         """One forward+backward: returns (logits, per-sample loss, d loss / d x).
 
         Gradients are taken on the input only (``torch.autograd.grad``); no parameter gradient
-        accumulates. Counts one gradient computation.
+        accumulates. Counts one gradient computation (an EOT model's draws: see ``draws_per_call``).
         """
         x = x.detach().requires_grad_(True)
-        logits = self.forward(x)
-        loss = (loss_fn or self.loss_fn)(logits, self.y, self.targets)
+        logits, loss = self._loss(x, loss_fn or self.loss_fn)
         (grad,) = torch.autograd.grad(loss.sum(), x)
         self.grads += 1
         return logits.detach(), loss.detach(), grad.detach()
 
     def is_adv(self, logits: Tensor) -> Tensor:
         return is_adversarial(logits, self.y, self.targets)
+
+    # EOT (advtrain.defenses.eot; Athalye et al. 2018, AutoAttack's rand version) ------------------------
+    def _loss(self, x: Tensor, loss_fn: Callable[..., Tensor]) -> tuple[Tensor, Tensor]:
+        """(logits, per-sample loss) at ``x``. For a model seen through EOT (it has ``eot_draws(x)``: one
+        logits tensor per random draw) the loss is the mean of the per-draw losses, so its gradient is
+        the mean of the per-draw loss gradients, and the logits are the draws' mean (its forward)."""
+        draws = getattr(self.model, "eot_draws", None)
+        if draws is None:
+            logits = self.forward(x)
+            return logits, loss_fn(logits, self.y, self.targets)
+        per_draw = draws(x)
+        logits = self._checked(torch.stack(per_draw).mean(dim=0))
+        return logits, torch.stack([loss_fn(z, self.y, self.targets) for z in per_draw]).mean(dim=0)
 
 
 def draws_per_call(model: nn.Module) -> int:

@@ -9,12 +9,14 @@ expectation over the randomness, estimated as a mean over draws; AutoAttack's ``
 
 - :func:`randomness`: how a model was found randomized (a submodule declares ``randomized = True``,
   or two eval-mode forwards of the same batch differ), or None.
-- :class:`EOT`: what the attacks see. Its forward is the mean of the logits of ``samples`` calls of
-  the model (each call its own draw: a defense that draws one random parameter per batch still gets
-  independent draws); autograd's backward through the mean is then the mean of the per-draw
-  vector-Jacobian products, so every attack gets EOT gradients without code of its own. An attack
-  counts one gradient (query) per call; :meth:`advtrain.attacks.base.Attack.__call__` multiplies
-  both counts by ``eot_samples`` (each draw is a forward+backward pass).
+- :class:`EOT`: what the attacks see, with no code of their own. ``AttackContext.loss_and_grad`` (the
+  one place most attacks take their loss gradient: APGD, FMN, DDN, BP, PGD, FGSM, DeepFool) averages
+  the per-draw losses of ``EOT.eot_draws``, so the gradient is the mean of the per-draw loss
+  gradients (AutoAttack's). Attacks that differentiate an objective of their own through the forward
+  (FAB, C&W, ALMA, ...) get the draws' mean logits, whose backward is the mean of the per-draw
+  vector-Jacobian products. Each draw is its own call of the model (a defense that draws one random
+  parameter per batch still gets independent draws). An attack counts one gradient (query) per call;
+  :meth:`advtrain.attacks.base.Attack.__call__` multiplies both counts by ``eot_samples``.
 - :func:`misclassified`: the evaluation's success over ``draws`` calls: an image counts as robust only
   if every draw classifies it correctly.
 """
@@ -50,10 +52,12 @@ def randomness(model: nn.Module, x: Tensor) -> str | None:
 
 
 class EOT(nn.Module):
-    """``model`` seen through Expectation over Transformation: logits averaged over ``samples``
-    random draws (one call each). For any attack objective f of the logits the gradient is
-    ``mean_k J_k^T grad f(z_bar)``: the mean over draws of the per-draw gradients (J_k the draw's
-    Jacobian, z_bar the mean logits)."""
+    """``model`` seen through Expectation over Transformation over ``samples`` random draws (one call
+    each). Attacks that take their loss gradient with ``AttackContext.loss_and_grad`` (APGD, FMN, DDN,
+    BP, PGD, FGSM, DeepFool) get the mean of the per-draw loss gradients, as AutoAttack's ``rand``
+    version does (``eot_draws``); the others (FAB, C&W, ALMA, ...) differentiate their objective f of
+    the forward's logits, the draws' mean z_bar: gradient ``mean_k J_k^T grad f(z_bar)``, the mean of
+    the per-draw vector-Jacobian products (J_k the draw's Jacobian)."""
 
     def __init__(self, model: nn.Module, samples: int = DEFAULT_EOT_SAMPLES) -> None:
         super().__init__()
@@ -63,8 +67,12 @@ class EOT(nn.Module):
         self.model = model
         self.eot_samples = samples  # read by Attack.__call__ to count every draw
 
+    def eot_draws(self, x: Tensor) -> list[Tensor]:
+        """The logits of ``eot_samples`` calls of the model, one random draw each."""
+        return [self.model(x) for _ in range(self.eot_samples)]
+
     def forward(self, x: Tensor) -> Tensor:
-        return torch.stack([self.model(x) for _ in range(self.eot_samples)]).mean(dim=0)
+        return torch.stack(self.eot_draws(x)).mean(dim=0)
 
     def extra_repr(self) -> str:
         return f"samples={self.eot_samples}"
