@@ -25,7 +25,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python train.py
-	$(BIN)/python evaluate.py --ckpt runs/demo/last.ckpt --n 500 --suite demo
+	$(BIN)/python evaluate.py --ckpt runs/demo/last.ckpt --n 300 --suite demo
 	@echo "Results: runs/demo/$$(readlink runs/demo/last.ckpt | cut -d/ -f1) (last.ckpt, metrics.csv; eval/: results.json, report.md, curves.png, examples.png)"
 
 test: $(STAMP)

@@ -6,6 +6,7 @@
     python evaluate.py --ckpt CKPT --suite quick --n 500 --out runs/demo/eval
     python evaluate.py --ckpt CKPT --defense bit_depth:bits=3 --defense median:size=2   # BPDA by default
     python evaluate.py --ckpt CKPT --defense median:size=3 --view blackbox   # attacks ignore the defense
+    python evaluate.py --ckpt CKPT --defense pixel_deflection --eot-samples 20 --score-draws 10   # randomized: EOT
     python evaluate.py --ckpt CKPT --defense patch_replacement:codebooks=runs/pr/patch_codebooks.safetensors
     python evaluate.py --ckpt CKPT --procs 2                             # shard over 2 processes (gloo)
     python evaluate.py --model c4 --weights c4.safetensors --data mnist_embedded   # any model, not a checkpoint
@@ -56,6 +57,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="input defense in front of the classifier (repeat to compose, in order)")
     p.add_argument("--view", choices=ATTACK_VIEWS, default="bpda",
                    help="with defenses: bpda (default), direct (no BPDA) or blackbox (attacks see the bare model)")
+    p.add_argument("--eot-samples", type=int, default=None, metavar="K",
+                   help="random draws per attack gradient (EOT) on a randomized model (default 20 when two "
+                        "forwards of a clean batch differ or a defense declares randomness, else 1)")
+    p.add_argument("--score-draws", type=int, default=None, metavar="S",
+                   help="draws each image is scored on for a randomized model: robust only if it survives all "
+                        "(default 10 when randomized, else 1)")
     p.add_argument("--suite", default="reliable",
                    help="reliable (default: AutoAttack-like ensemble, minimum-norm attacks run to convergence), "
                         "thesis (the thesis' 20-iteration settings; alias full), quick, a name in "
@@ -115,6 +122,9 @@ def prepare(args: argparse.Namespace) -> dict:
     """Everything a worker needs, validated up front so user errors are one clear line."""
     check_run_options(n=args.n, d_upp=args.d_upp, quantize=args.quantize, view=args.view,
                       batch_size=args.batch_size, seed=args.seed, points=200)
+    for flag, value in (("--eot-samples", args.eot_samples), ("--score-draws", args.score_draws)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     if args.out:
         out = Path(args.out)
     else:
@@ -148,7 +158,7 @@ def evaluate(args: argparse.Namespace, job: dict) -> dict:
     results = run_suite(job["model"], job["loader"], args.suite, dataset=job["dataset"], d_upp=args.d_upp,
                         quantize=args.quantize, view=args.view, n=job["n"], batch_size=args.batch_size,
                         seed=args.seed, out_dir=job["out"], context=job["context"],
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, eot_samples=args.eot_samples, score_draws=args.score_draws)
     if rank == 0:
         out = job["out"]
         write_report(results, out / "report.md")

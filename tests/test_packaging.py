@@ -32,7 +32,8 @@ def test_named_suites_are_package_data():
     shipped = sorted(p.name for p in SUITES_DIR.iterdir() if p.name.endswith(".yaml"))
     assert "demo.yaml" in shipped and SETUPTOOLS["package-data"] == {"advtrain.evaluation.suites": ["*.yaml"]}
     assert not (ROOT / "configs" / "suites").exists()
-    assert [s.attack for s in load_suite("demo")] == ["fgsm", "pgd_l2", "ddn", "bp"]
+    assert [s.attack for s in load_suite("demo")] == ["apgd_l2", "apgd_t_l2", "square_l2", "fmn_l2", "bp", "ddn",
+                                                       "apgd_linf"]
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)

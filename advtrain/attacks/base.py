@@ -104,9 +104,13 @@ class AttackContext:
             if cause is None:
                 raise
             raise cause from err
-        check_logits(logits, x.shape[0])
-        check_label_range(self.y, self.targets, logits.shape[1])
-        self.checked = True
+        return self._checked(logits, x.shape[0])
+
+    def _checked(self, logits: Tensor, batch: int) -> Tensor:
+        if not self.checked:
+            check_logits(logits, batch)
+            check_label_range(self.y, self.targets, logits.shape[1])
+            self.checked = True
         return logits
 
     def logits(self, x: Tensor) -> Tensor:
@@ -120,17 +124,36 @@ class AttackContext:
         """One forward+backward: returns (logits, per-sample loss, d loss / d x).
 
         Gradients are taken on the input only (``torch.autograd.grad``); no parameter gradient
-        accumulates. Counts one gradient computation.
+        accumulates. Counts one gradient computation (an EOT model's draws: see ``draws_per_call``).
         """
         x = x.detach().requires_grad_(True)
-        logits = self.forward(x)
-        loss = (loss_fn or self.loss_fn)(logits, self.y, self.targets)
+        logits, loss = self._loss(x, loss_fn or self.loss_fn)
         (grad,) = torch.autograd.grad(loss.sum(), x)
         self.grads += 1
         return logits.detach(), loss.detach(), grad.detach()
 
     def is_adv(self, logits: Tensor) -> Tensor:
         return is_adversarial(logits, self.y, self.targets)
+
+    # EOT (advtrain.defenses.eot; Athalye et al. 2018, AutoAttack's rand version) ------------------------
+    def _loss(self, x: Tensor, loss_fn: Callable[..., Tensor]) -> tuple[Tensor, Tensor]:
+        """(logits, per-sample loss) at ``x``. For a model seen through EOT (it has ``eot_draws(x)``: one
+        logits tensor per random draw) the loss is the mean of the per-draw losses, so its gradient is
+        the mean of the per-draw loss gradients, and the logits are the draws' mean (its forward)."""
+        draws = getattr(self.model, "eot_draws", None)
+        if draws is None:
+            logits = self.forward(x)
+            return logits, loss_fn(logits, self.y, self.targets)
+        per_draw = draws(x)
+        logits = self._checked(torch.stack(per_draw).mean(dim=0), x.shape[0])
+        return logits, torch.stack([loss_fn(z, self.y, self.targets) for z in per_draw]).mean(dim=0)
+
+
+def draws_per_call(model: nn.Module) -> int:
+    """Forward(+backward) passes one call of ``model`` costs: ``eot_samples`` for a model seen through
+    EOT (``advtrain.defenses.eot.EOT``: the mean over that many random draws), else 1. Attacks count
+    calls; the reported ``grads`` and ``queries`` are multiplied by this, so every draw is counted."""
+    return int(getattr(model, "eot_samples", 1))
 
 
 @contextlib.contextmanager
@@ -315,10 +338,11 @@ class Attack:
             ctx = AttackContext(model, x, y, targets, self.loss_fn)
             x_adv = self._run(ctx).detach()
             delta = x_adv - x
+            draws = draws_per_call(model)
             # success is always measured on the returned images, when first read
             return AttackResult(x_adv=x_adv, success=success_on(model, ctx, x_adv, self.eval_mode),
-                                l2=l2_norm(delta), linf=linf_norm(delta), grads=ctx.grads,
-                                queries=ctx.queries)
+                                l2=l2_norm(delta), linf=linf_norm(delta), grads=ctx.grads * draws,
+                                queries=ctx.queries * draws)
 
     def _run(self, ctx: AttackContext) -> Tensor:
         """Return the adversarial images (in [0, 1])."""

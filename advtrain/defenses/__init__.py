@@ -10,6 +10,7 @@ import_submodules(__name__)
 from .bpda import bpda  # noqa: E402
 from .defended import Defended  # noqa: E402
 from .e8 import E8Lattice  # noqa: E402
+from .eot import EOT  # noqa: E402
 from .patch_replacement import PatchReplacement  # noqa: E402
 
-__all__ = ["DEFENSES", "build_defense", "register_defense", "Defended", "bpda", "E8Lattice", "PatchReplacement"]
+__all__ = ["DEFENSES", "build_defense", "register_defense", "Defended", "bpda", "E8Lattice", "EOT", "PatchReplacement"]

@@ -108,6 +108,7 @@ class PixelDeflection(nn.Module):
 
     name = "pixel_deflection"
     needs_bpda = True  # random pixel copies
+    randomized = True  # a new draw per call: attacked with EOT, scored over draws (eot.py)
 
     def __init__(self, deflections: int = 200, window: int = 10, sigma: float = 0.04,
                  levels: int = 1, use_map: bool = True) -> None:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from ..data import D_UPP
 from ..defenses.defended import Defended
+from ..defenses.eot import EOT, misclassified, plan_draws
 from ..models.fingerprint import weights_sha256
 from ..distributed import batch_seed, broadcast, dist_info, gather, my_batches
 from .examples import ADVERSARIALS_FILE, UNRESTRICTED_EXAMPLES, Adversarials, load_adversarials, save_examples
@@ -91,6 +92,7 @@ class _Job:
     seed: int
     variants: tuple[str, ...]
     encoder: Any
+    draws: int = 1           # calls of a randomized model an image is scored on (robust: survives all)
 
 
 def _default_d_upp(dataset: str, d_upp: float | None) -> float:
@@ -103,15 +105,17 @@ def _default_d_upp(dataset: str, d_upp: float | None) -> float:
 
 
 def _context(model: nn.Module, context: dict | None, *, dataset: str, n_prime: int, d_upp: float, quantize: str,
-             view: str, seed: int, batch_size: int) -> dict:
+             view: str, seed: int, batch_size: int, draws: dict) -> dict:
     """results["context"]: the caller's provenance, the run's settings, the defenses and the weights' hash
-    (what a rerun must match to continue)."""
+    (what a rerun must match to continue); ``randomness`` (EOT and scoring draws) unless the model is
+    deterministic and evaluated with one draw."""
     defended = isinstance(model, Defended)
+    plain = draws["randomized"] is None and draws["eot_samples"] == draws["score_draws"] == 1
     return {**(context or {}), "dataset": dataset, "n_prime": n_prime, "d_upp": d_upp, "quantize": quantize,
             "view": view if defended else "plain", "seed": seed, "batch_size": batch_size,
             "defenses": [repr(d) for d in model.defenses] if defended else [],
             "bpda_approximated": model.approximated if defended and view == "bpda" else [],
-            "model_sha256": weights_sha256(model)}
+            **({} if plain else {"randomness": draws}), "model_sha256": weights_sha256(model)}
 
 
 def _resume(out_dir: Path | None, ctx: dict, specs: list[AttackSpec]) -> dict:
@@ -145,15 +149,15 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def _clean_set(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, seed: int) -> Tensor:
-    """The set X: indices (sorted, on the CPU) of the images classified correctly without attack,
-    computed sharded and gathered on every rank."""
+def _clean_set(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, seed: int, draws: int) -> Tensor:
+    """The set X: indices (sorted, on the CPU) of the images classified correctly without attack (by
+    each of ``draws`` calls of a randomized model), computed sharded and gathered on every rank."""
     batches = chunks(torch.arange(len(y)), batch_size)
     correct = []
     for b in my_batches(len(batches)):
         idx = batches[b]
         torch.manual_seed(batch_seed(seed, "clean", b))
-        correct.append(idx[(predict(model, x[idx]) == y[idx]).cpu()])
+        correct.append(idx[(~misclassified(model, x[idx], y[idx], draws)).cpu()])
     kept = torch.cat([c for r in gather(correct) for c in r] or [torch.zeros(0, dtype=torch.long)])
     return kept.sort().values.cpu()
 
@@ -192,7 +196,7 @@ def _attack_my_batches(spec: AttackSpec, job: _Job, bar: Any) -> dict:
             idx = job.batches[b]
             x, y = job.x[idx], job.y[idx]
             torch.manual_seed(batch_seed(job.seed, spec.label, b))
-            part = attack_batch(spec, job.attack_model, job.model, x, y, job.variants, job.encoder)
+            part = attack_batch(spec, job.attack_model, job.model, x, y, job.variants, job.encoder, job.draws)
             part.update(batch=b, zero_grad=zero_grad_count(spec, job.attack_model, x, y))
             v0 = job.variants[-1]
             best = part[v0]["best"]
@@ -238,7 +242,8 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
               dataset: str = "mnist_embedded", d_upp: float | None = None, quantize: str = "both",
               view: str = "bpda", approx: dict[str, Callable] | None = None, n: int | None = None,
               batch_size: int = 100, seed: int = 0, out_dir: str | Path | None = None,
-              context: dict | None = None, progress: bool = True, points: int = 200) -> dict:
+              context: dict | None = None, progress: bool = True, points: int = 200,
+              eot_samples: int | None = None, score_draws: int | None = None) -> dict:
     """Run an attack suite against ``model`` and return the results (as written to results.json).
 
     Args:
@@ -254,6 +259,10 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
         out_dir: results.json and the examples (examples.pt, adversarials.pt) are written there after
             every attack; a rerun skips finished attacks.
         context: extra provenance recorded in the results (checkpoint, defenses, ...).
+        eot_samples: random draws per attack gradient (EOT, ``advtrain.defenses.eot``); default 20 when
+            the attacked model is randomized (two forwards of a clean batch differ, or a defense
+            declares it), else 1. ``score_draws``: draws each image is scored on, clean and adversarial
+            (it counts as robust only if it survives every one); default 10 when randomized, else 1.
     Under torch.distributed the batches are sharded across ranks; every rank returns the results.
     """
     check_run_options(n=n, d_upp=d_upp, quantize=quantize, view=view, batch_size=batch_size, seed=seed,
@@ -270,18 +279,22 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
     x_all, y_all = _collect(dataloader, n)
     device = next(iter(model.parameters()), torch.zeros(0)).device
     x_all, y_all = x_all.to(device), y_all.to(device)
+    with _eval_mode(model), _eval_mode(attack_model):  # randomized? (rank 0's answer for all)
+        draws = broadcast(plan_draws(model, attack_model, x_all[:batch_size], eot_samples, score_draws))
+    if draws["eot_samples"] > 1:
+        attack_model = EOT(attack_model, draws["eot_samples"])
     ctx = _context(model, context, dataset=dataset, n_prime=len(y_all), d_upp=d_upp, quantize=quantize, view=view,
-                   seed=seed, batch_size=batch_size)
+                   seed=seed, batch_size=batch_size, draws=draws)
     results = _resume(out, ctx, specs)
     stores = _resumed_adversarials(out, bool(results["attacks"]))
 
     with _eval_mode(model):
         check_model_on(model, x_all[:batch_size], y_all[:batch_size])
-        X = _clean_set(model, x_all, y_all, batch_size, seed)
+        X = _clean_set(model, x_all, y_all, batch_size, seed, draws["score_draws"])
         results["context"].update(n=len(X), accuracy=len(X) / max(len(y_all), 1), indices=X.tolist())
         batches = chunks(X, batch_size)
         job = _Job(model, attack_model, x_all, y_all, batches, my_batches(len(batches)), seed, variants,
-                   encoder_of(specs))
+                   encoder_of(specs), draws["score_draws"])
         todo = _pending(specs, results)
         with _progress(len(todo) * len(job.mine), progress) as bar:
             for spec in todo:

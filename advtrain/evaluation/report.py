@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..defenses.eot import describe_draws
 from .perceptual import UNRESTRICTED, plot_ssim_curves, report_lines
 
 VARIANT_TITLE = {"quantized": "with 8-bit quantization", "unquantized": "without quantization"}
@@ -73,6 +74,8 @@ def write_report(results: dict, path: str | Path) -> None:
     if c.get("defenses"):
         lines.append(f"- defenses: {', '.join(c['defenses'])}; attacks see: **{c['view']}**")
         lines.append(f"- attacked through BPDA (identity backward): {', '.join(c['bpda_approximated']) or 'none'}")
+    if c.get("randomness"):
+        lines.append(describe_draws(c["randomness"]))
     lines += [f"- D_upp = {d_upp} (P_upp = P(D_upp)); distortions are L2 in [0, 1] pixel units", ""]
     for v in variants_of(results):
         lines += [f"## {VARIANT_TITLE[v]}", "",

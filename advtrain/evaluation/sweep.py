@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks.base import AttackContext, BestTracker, frozen_eval
+from ..defenses.eot import misclassified
 from ..ops.norms import l2_norm, linf_norm, quantize as quantize_8bit
 from .metrics import summarize
 from .perceptual import perceptual, summarize_perceptual
@@ -27,10 +28,11 @@ def predict(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def attack_batch(spec: AttackSpec, attack_model: nn.Module, score_model: nn.Module, x: Tensor, y: Tensor,
-                 variants: tuple[str, ...], encoder: Any = None) -> dict:
+                 variants: tuple[str, ...], encoder: Any = None, draws: int = 1) -> dict:
     """All runs of one attack on one batch: per variant the least-distortion success over runs
     (``found``, ``l2``, ``linf``, the adversarial ``best``, successes ``by_budget``, ``perceptual``), and
-    the gradients of every run (``grads``)."""
+    the gradients of every run (``grads``). Success: misclassified by one of ``draws`` calls of
+    ``score_model`` (a randomized model; 1 for a deterministic one)."""
     trackers = {v: BestTracker(x) for v in variants}
     by_budget: dict[str, list[int]] = {v: [] for v in variants}
     grads: list[int] = []
@@ -46,7 +48,7 @@ def attack_batch(spec: AttackSpec, attack_model: nn.Module, score_model: nn.Modu
                 grads.append(res.grads)
                 advs[v] = res.x_adv
         for v, x_adv in advs.items():
-            success = predict(score_model, x_adv) != y  # scored on the evaluated (defended) model
+            success = misclassified(score_model, x_adv, y, draws)  # scored on the evaluated (defended) model
             trackers[v].update(x_adv, success)
             by_budget[v].append(int(success.sum()))
     out: dict[str, Any] = {"grads": grads}
