@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-peers", action="store_true", help="no L2 minimum-norm peers")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=None, help="also write the suite's results.json, report.md, curves.png")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -219,7 +220,11 @@ def main(argv: list[str] | None = None) -> None:
     loader = DataLoader(TensorDataset(x_all, y_all), batch_size=args.batch)
     torch.manual_seed(0)
     res = run_suite(model, loader, suite, dataset=dataset, n=len(y_all), batch_size=args.batch, progress=False,
-                    threats=threats, budgets=budgets)
+                    threats=threats, budgets=budgets, out_dir=args.out)
+    if args.out is not None:
+        from advtrain.evaluation.report import plot_curves, write_report
+        write_report(res, args.out / "report.md")
+        plot_curves(res, args.out / "curves.png")
     X = torch.tensor(res["context"]["indices"], dtype=torch.long)
     ours_time = {t: sum(res["attacks"][k].get("time_s") or 0.0 for k in res["threat_models"][t]["attacks"])
                  for t in threats}

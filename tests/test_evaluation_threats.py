@@ -185,3 +185,25 @@ def test_threat_selection_leaves_the_other_norms_attacks_out(trained_c4, batch):
 def test_parsers():
     assert parse_threats("L2, linf,l2") == ["l2", "linf"] and parse_threats(None) is None
     assert parse_budgets("linf=0.3,l2=2") == {"linf": 0.3, "l2": 2.0} and parse_budgets(None) == {}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--threat", "l3"], "--threat: unknown norm 'l3'; known: linf, l2, l1"),
+    (["--threat", "l1"], "--threat l1: the suite has no attack for l1 (its threat models: linf, l2)"),
+    (["--threat", "linf", "--budget", "l2=2"], "--budget l2: not a threat model of this evaluation (linf)"),
+    (["--budget", "l9=2"], "--budget: unknown norm 'l9'; known: linf, l2, l1"),
+])
+def test_evaluate_cli_refuses_bad_threats_in_one_line(args, message, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from advtrain.cli import run_with_clean_errors
+    spec = importlib.util.spec_from_file_location("evaluate_script", Path(__file__).parents[1] / "evaluate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exc:
+        run_with_clean_errors(lambda: script.main(["--model", "c4", "--data", "mnist_embedded", "--out",
+                                                   str(tmp_path), *args]), "evaluate.py")
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err == f"evaluate.py: error: {message}"
+    assert not (tmp_path / "results.json").exists()

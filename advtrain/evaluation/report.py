@@ -132,8 +132,9 @@ def trust_banner(results: dict) -> list[str]:
 
 
 def write_report(results: dict, path: str | Path) -> None:
-    """report.md: a "not trustworthy" banner when a sanity check failed, the context, one table per
-    quantization variant (thesis Table 5.2 columns), the sanity checks' details."""
+    """report.md: a "not trustworthy" banner when a sanity check failed, the context, the threat
+    models' table (``headline_lines``), per quantization variant each threat model's attacks in their
+    norm and the thesis table (every attack in L2, Table 5.2 columns), the sanity checks' details."""
     c = results["context"]
     d_upp = c["d_upp"]
     lines = ["# Robustness evaluation", ""] + trust_banner(results)
