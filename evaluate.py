@@ -4,6 +4,7 @@
     python evaluate.py --ckpt runs/demo/last.ckpt                       # reliable suite, 1000 images (or all)
     python evaluate.py --ckpt CKPT --suite thesis                       # the thesis settings (alias: full)
     python evaluate.py --ckpt CKPT --suite quick --n 500 --out runs/demo/eval
+    python evaluate.py --ckpt CKPT --threat linf --budget linf=0.1       # one threat model, another budget
     python evaluate.py --ckpt CKPT --defense bit_depth:bits=3 --defense median:size=2   # BPDA by default
     python evaluate.py --ckpt CKPT --defense median:size=3 --view blackbox   # attacks ignore the defense
     python evaluate.py --ckpt CKPT --defense pixel_deflection --eot-samples 20 --score-draws 10   # randomized: EOT
@@ -42,6 +43,7 @@ from advtrain.evaluation.external import load_model, safe_name  # noqa: E402
 from advtrain.evaluation.guards import check_output_dir, check_run_options  # noqa: E402
 from advtrain.evaluation.examples import load_rows  # noqa: E402
 from advtrain.evaluation.report import log_wandb, plot_curves, plot_examples, write_report  # noqa: E402
+from advtrain.evaluation.threats import parse_budgets, parse_threats, select_threats, standard_budgets  # noqa: E402
 
 DEFAULT_N = 1000
 
@@ -80,6 +82,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--logger", choices=("none", "wandb"), default="none")
     p.add_argument("--procs", type=int, default=1, help="processes to shard the test set over (gloo)")
     p.add_argument("--no-progress", action="store_true")
+    # threat models (issue 20): which norms, and the budgets robust accuracy is reported at
+    p.add_argument("--threat", default=None, metavar="NORM[,NORM]",
+                   help="threat models to evaluate: l2, linf, l1 (default: every one the suite has attacks for); "
+                        "the suite's attacks of other norms are left out")
+    p.add_argument("--budget", default=None, metavar="NORM=EPS[,...]",
+                   help="robust accuracy's budgets, e.g. linf=0.3,l2=2 (default: the dataset's standard ones, "
+                        "MNIST Linf 0.3 / L2 2, CIFAR-10 Linf 8/255 / L2 0.5, ImageNet Linf 4/255 / L2 3); "
+                        "the reliable suite's fixed-budget attacks run there")
     args = p.parse_args(argv)
     if args.n is not None and args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
@@ -134,7 +144,9 @@ def prepare(args: argparse.Namespace) -> dict:
     defenses = [parse_defense(d) for d in args.defense]
     defended = apply_defenses(model, defenses) if model is not None else None
     dataset = args.data or dm_hp.get("dataset") or "mnist_embedded"
-    load_suite(args.suite, dataset)  # validate attack names and options before any work
+    overrides = parse_budgets(args.budget)  # attack names, options, threat models, budgets: before any work
+    select_threats(load_suite(args.suite, dataset, overrides), parse_threats(args.threat),
+                   standard_budgets(dataset, overrides), overrides)
     same = dataset == dm_hp.get("dataset")
     dm = NamedDataModule(dataset=dataset, root=args.data_root or (dm_hp.get("root") if same else None),
                          image_size=dm_hp.get("image_size") if same else None, batch_size=args.batch_size)
@@ -158,7 +170,8 @@ def evaluate(args: argparse.Namespace, job: dict) -> dict:
     results = run_suite(job["model"], job["loader"], args.suite, dataset=job["dataset"], d_upp=args.d_upp,
                         quantize=args.quantize, view=args.view, n=job["n"], batch_size=args.batch_size,
                         seed=args.seed, out_dir=job["out"], context=job["context"],
-                        progress=not args.no_progress, eot_samples=args.eot_samples, score_draws=args.score_draws)
+                        progress=not args.no_progress, eot_samples=args.eot_samples, score_draws=args.score_draws,
+                        threats=args.threat, budgets=args.budget)
     if rank == 0:
         out = job["out"]
         write_report(results, out / "report.md")

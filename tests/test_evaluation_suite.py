@@ -137,7 +137,7 @@ def test_a_crash_keeps_earlier_results_and_a_rerun_skips_them(trained_c4, mnist_
     assert not math.isnan(second["worst_case"]["unquantized"]["p_suc"])
     # a different setting (here the quantization) is refused: the finished results are neither mixed nor lost
     kept = (tmp_path / "results.json").read_text()
-    with pytest.raises(ValueError, match="holds results of another evaluation \\(different quantize\\)"):
+    with pytest.raises(ValueError, match="holds results of another evaluation \\(different quantize, threats"):
         run_suite(trained_c4, loader(mnist_dm), SMALL[1:], n=N, out_dir=tmp_path, progress=False, quantize="yes")
     assert (tmp_path / "results.json").read_text() == kept
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks.base import check_count
+from ..attacks.losses import is_adversarial
 
 #: AutoAttack's ``rand`` version: 20 draws per EOT gradient
 DEFAULT_EOT_SAMPLES = 20
@@ -85,7 +86,7 @@ def misclassified(model: nn.Module, x: Tensor, y: Tensor, draws: int = 1) -> Ten
     wrong = torch.zeros(len(y), dtype=torch.bool, device=y.device)
     with torch.no_grad():
         for _ in range(draws):
-            wrong |= model(x).argmax(dim=1) != y
+            wrong |= is_adversarial(model(x), y)  # a non-finite row is never a success
     return wrong
 
 

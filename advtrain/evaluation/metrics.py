@@ -89,10 +89,10 @@ def least_distortion(success_runs: Tensor, distortion_runs: Tensor) -> tuple[Ten
     return torch.isfinite(best), best
 
 
-def per_sample_distortion(stats: dict) -> tuple[Tensor, Tensor]:
-    """``(success, distortion)`` from a results entry's ``per_sample["l2"]`` (None = failed, inf)."""
-    l2 = torch.tensor([float("inf") if d is None else d for d in stats["per_sample"]["l2"]], dtype=torch.float64)
-    return torch.isfinite(l2), l2
+def per_sample_distortion(stats: dict, norm: str = "l2") -> tuple[Tensor, Tensor]:
+    """``(success, distortion)`` from a results entry's ``per_sample[norm]`` (None = failed, inf)."""
+    d = torch.tensor([float("inf") if v is None else v for v in stats["per_sample"][norm]], dtype=torch.float64)
+    return torch.isfinite(d), d
 
 
 def summarize(success: Tensor, distortion: Tensor, d_upp: float, points: int = 200) -> dict:

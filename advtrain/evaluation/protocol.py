@@ -1,9 +1,11 @@
 """The evaluation protocol of thesis 3.3.2 and 5.3 over an attack suite: ``run_suite``.
 
 Of the N' test images keep the N classified correctly (set X); per attack record, per image, the
-least L2 distortion of a successful adversarial over its runs (the eps sweep of distortion
-attacks), with and without 8-bit quantization; then P_suc, D-bar, P(D), P_upp (eq. 3.1-3.2,
-``metrics.py``), Linf, gradients and time, and the per-sample worst case over the suite.
+least distortion in each norm (L2, Linf, L1) of a successful adversarial over its runs (the eps
+sweep of distortion attacks), with and without 8-bit quantization; then P_suc, D-bar, P(D), P_upp
+(eq. 3.1-3.2, ``metrics.py``, in L2 as the thesis), gradients and time, the per-sample worst case
+over the suite, and per threat model (``threats.py``: the norm each attack bounds or minimizes) the
+worst case over that norm's attacks and the robust accuracy at the standard budget.
 
 ``run_suite``'s steps: check the options, model and images; read back the finished attacks of the
 output folder (``resume.py``); the set X; per pending attack, this rank's batches (``sweep.py``),
@@ -28,15 +30,17 @@ from ..data import D_UPP
 from ..defenses.defended import Defended
 from ..defenses.eot import EOT, misclassified, plan_draws
 from ..models.fingerprint import weights_sha256
+from ..ops.norms import within_budget
 from ..distributed import batch_seed, broadcast, dist_info, gather, my_batches
 from .examples import ADVERSARIALS_FILE, UNRESTRICTED_EXAMPLES, Adversarials, load_adversarials, save_examples
 from .guards import (QUANTIZE_CHOICES, as_labels, check_images, check_model, check_model_on, check_output_dir,
                      check_run_options)
 from .perceptual import UNRESTRICTED, encoder_of
-from .resume import previous_results, write_json
+from .resume import RESULTS_VERSION, previous_results, write_json
 from .resume import canon as _canon
 from .suite import AttackSpec, load_suite
 from .sweep import attack_batch, chunks, predict, summarize_attack, zero_grad_count
+from .threats import parse_budgets, parse_threats, select_threats, standard_budgets
 from .worst_case import conclude
 
 __all__ = ["run_suite", "UNRESTRICTED_EXAMPLES"]
@@ -126,7 +130,7 @@ def _resume(out_dir: Path | None, ctx: dict, specs: list[AttackSpec]) -> dict:
     previous = broadcast(previous)
     if previous.get("error"):
         raise ValueError(previous["error"])
-    return {"context": ctx, "attacks": previous.get("attacks", {})}
+    return {"version": RESULTS_VERSION, "context": ctx, "attacks": previous.get("attacks", {})}
 
 
 def _resumed_adversarials(out_dir: Path | None, resumed: bool) -> dict[str, Adversarials]:
@@ -185,18 +189,38 @@ def _progress(total: int, enabled: bool) -> Iterator[Any]:
         bar.close()
 
 
-def _attack_my_batches(spec: AttackSpec, job: _Job, bar: Any) -> dict:
+def _cascade_skip(spec: AttackSpec, results: dict, job: _Job) -> list[Tensor] | None:
+    """For a cascaded fixed-budget attack, per run: the images of X (in order) already broken within
+    its budget, in every variant, by the finished attacks of its norm (AutoAttack's cascade)."""
+    if not spec.cascade:
+        return None
+    norm = spec.threat
+    earlier = [e for e in results["attacks"].values() if e.get("status") == "done" and e.get("norm") == norm]
+    n = sum(len(b) for b in job.batches)
+    least = torch.full((len(job.variants), n), float("inf"), dtype=torch.float64)
+    for i, v in enumerate(job.variants):
+        for e in earlier:
+            d = torch.tensor([float("inf") if t is None else t for t in e[v]["per_sample"][norm]], dtype=torch.float64)
+            least[i] = torch.minimum(least[i], d)
+    return [within_budget(least, eps).all(dim=0) for eps in spec.runs()]
+
+
+def _attack_my_batches(spec: AttackSpec, job: _Job, bar: Any, skip: list[Tensor] | None = None) -> dict:
     """One attack on this rank's batches: the per-batch outputs (``parts``), its least-distortion
     adversarials (``adversarials``, of the last variant: the quantized one when both are scored), and the
     error that stopped it (one attack's crash must not lose the others' results)."""
     t0 = time.perf_counter()
     parts, error, found = [], None, Adversarials()
+    starts = [0]
+    for batch in job.batches:
+        starts.append(starts[-1] + len(batch))
     try:
         for b in job.mine:
             idx = job.batches[b]
             x, y = job.x[idx], job.y[idx]
             torch.manual_seed(batch_seed(job.seed, spec.label, b))
-            part = attack_batch(spec, job.attack_model, job.model, x, y, job.variants, job.encoder, job.draws)
+            mine = None if skip is None else [s[starts[b]:starts[b + 1]] for s in skip]
+            part = attack_batch(spec, job.attack_model, job.model, x, y, job.variants, job.encoder, mine, job.draws)
             part.update(batch=b, zero_grad=zero_grad_count(spec, job.attack_model, x, y))
             v0 = job.variants[-1]
             best = part[v0]["best"]
@@ -243,7 +267,8 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
               view: str = "bpda", approx: dict[str, Callable] | None = None, n: int | None = None,
               batch_size: int = 100, seed: int = 0, out_dir: str | Path | None = None,
               context: dict | None = None, progress: bool = True, points: int = 200,
-              eot_samples: int | None = None, score_draws: int | None = None) -> dict:
+              eot_samples: int | None = None, score_draws: int | None = None,
+              threats: str | list[str] | None = None, budgets: str | dict[str, float] | None = None) -> dict:
     """Run an attack suite against ``model`` and return the results (as written to results.json).
 
     Args:
@@ -263,6 +288,11 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
             the attacked model is randomized (two forwards of a clean batch differ, or a defense
             declares it), else 1. ``score_draws``: draws each image is scored on, clean and adversarial
             (it counts as robust only if it survives every one); default 10 when randomized, else 1.
+        threats: the threat models (norms, ``"l2,linf"`` or a list) to evaluate; default every one the
+            suite has attacks for. The suite's attacks of other norms are left out.
+        budgets: the standard budgets' overrides (``"linf=0.3,l2=2"`` or a dict; default
+            ``threats.STANDARD_BUDGETS`` of the dataset): robust accuracy is reported there, and the
+            reliable suite's fixed-budget attacks run there.
     Under torch.distributed the batches are sharded across ranks; every rank returns the results.
     """
     check_run_options(n=n, d_upp=d_upp, quantize=quantize, view=view, batch_size=batch_size, seed=seed,
@@ -270,7 +300,9 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
     check_model(model)
     d_upp = _default_d_upp(dataset, d_upp)
     variants = QUANTIZE_CHOICES[quantize]
-    specs = load_suite(suite, dataset)
+    overrides = parse_budgets(budgets)
+    std = standard_budgets(dataset, overrides)
+    specs, chosen = select_threats(load_suite(suite, dataset, overrides), parse_threats(threats), std, overrides)
     attack_model = model.attack_view(view, approx) if isinstance(model, Defended) else model
     specs = _provision(specs, attack_model, dataset, context, out_dir)
     out = Path(out_dir) if out_dir is not None else None
@@ -285,6 +317,7 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
         attack_model = EOT(attack_model, draws["eot_samples"])
     ctx = _context(model, context, dataset=dataset, n_prime=len(y_all), d_upp=d_upp, quantize=quantize, view=view,
                    seed=seed, batch_size=batch_size, draws=draws)
+    ctx.update(threats=chosen, budgets={t: std[t] for t in chosen})
     results = _resume(out, ctx, specs)
     stores = _resumed_adversarials(out, bool(results["attacks"]))
 
@@ -298,7 +331,7 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
         todo = _pending(specs, results)
         with _progress(len(todo) * len(job.mine), progress) as bar:
             for spec in todo:
-                gathered = gather(_attack_my_batches(spec, job, bar))
+                gathered = gather(_attack_my_batches(spec, job, bar, _cascade_skip(spec, results, job)))
                 _record(results, stores, spec, gathered, len(X), variants, d_upp, points)
                 conclude(results, variants, d_upp, points)
                 _save(out, results, stores, job)

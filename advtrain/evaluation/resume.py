@@ -10,6 +10,10 @@ from typing import Any
 
 from .suite import AttackSpec
 
+#: the layout of results.json: 2 adds the threat models (per-attack "norm", per-sample distortions in
+#: every norm, ``threat_models``); a file of another version is refused, never mixed
+RESULTS_VERSION = 2
+
 #: context entries that say where, not what: a rerun may change them and keep the finished results
 PROVENANCE = ("checkpoint",)
 _WHAT = {"model_sha256": "model weights", "n_prime": "number of test images n"}
@@ -53,6 +57,9 @@ def previous_results(path: Path, ctx: dict, specs: list[AttackSpec]) -> dict:
         assert isinstance(old_ctx, dict) and isinstance(old_attacks, dict)
     except (ValueError, KeyError, TypeError, AssertionError, OSError):
         return {"error": f"{path} is not a readable results.json of run_suite: {keep}"}
+    if old.get("version") != RESULTS_VERSION:
+        return {"error": f"{path} was written by another version of advtrain (results format "
+                         f"{old.get('version', 1)}, this one writes {RESULTS_VERSION}): {keep}"}
     new = canon(ctx)
     differ = [_WHAT.get(k, k) for k in new if k not in PROVENANCE and old_ctx.get(k) != new[k]]
     if differ:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..ops.norms import within_budget
 from .metrics import least_distortion, operating_characteristic, per_sample_distortion
 
 TOL = 0.02           # slack on success rates (sampling noise on small test sets)
@@ -46,8 +47,12 @@ def sanity_checks(results: dict) -> list[Finding]:
     # on real-valued images: rounding alone can undo near-boundary adversarials, which is no masking
     variants = [v for v in ("unquantized", "quantized") if any(v in e for e in done.values())][:1]
     for v in variants:
-        out += _single_step_checks(done, v) + _black_box_checks(done, v)
+        for norm in dict.fromkeys(norm_of(e) for e in done.values()):  # compared within a threat model only
+            same = {k: e for k, e in done.items() if norm_of(e) == norm}
+            out += _single_step_checks(same, v, norm) + _black_box_checks(same, v, norm)
         for k, e in done.items():
+            if (e.get("key") or {}).get("cascade"):
+                continue  # a cascade's budgets ran on different images: its rates are not comparable
             curve = [b["p_suc"] for b in e[v].get("p_suc_by_budget", [])]
             drops = [i for i in range(1, len(curve)) if curve[i] < curve[i - 1] - TOL]
             if drops:
@@ -81,7 +86,12 @@ def check_names(findings: list[Finding]) -> list[str]:
     return list(dict.fromkeys(f.check for f in findings))
 
 
-def _single_step_checks(done: dict, v: str) -> list[Finding]:
+def norm_of(entry: dict) -> str:
+    """The threat model of a results entry (entries without one are L2, the thesis' distortion)."""
+    return entry.get("norm") or "l2"
+
+
+def _single_step_checks(done: dict, v: str, norm: str) -> list[Finding]:
     out = []
     single = {k: e[v] for k, e in done.items() if e.get("grads_per_run") == 1}
     iterative = {k: e[v] for k, e in done.items() if (e.get("grads_per_run") or 0) > 1}
@@ -89,7 +99,7 @@ def _single_step_checks(done: dict, v: str) -> list[Finding]:
         # compare at equal distortion: D_upp and the iterative attack's own D_max
         grid = [it["d_upp"]] + ([it["d_max"]] if it["n_suc"] else [])
         for ks, s in single.items():
-            p_it, p_s = _p_at(it, grid), _p_at(s, grid)
+            p_it, p_s = _p_at(it, grid, norm), _p_at(s, grid, norm)
             worse = [d for d, a, b in zip(grid, p_it, p_s) if a < b - TOL]
             if worse or (it["p_suc"] <= TOL < s["p_suc"]):
                 d = worse[0] if worse else it["d_upp"]
@@ -99,19 +109,28 @@ def _single_step_checks(done: dict, v: str) -> list[Finding]:
     return out
 
 
-def _black_box_checks(done: dict, v: str) -> list[Finding]:
+def _black_box_checks(done: dict, v: str, norm: str) -> list[Finding]:
     """A black-box attack (``grads_per_run == 0``: no gradient computed, e.g. Square) must not find
-    more adversarials at some distortion than the white-box attacks' per-image worst case: at
-    D_upp and at each distortion the black-box attack reached."""
-    black = {k: e[v] for k, e in done.items() if e.get("grads_per_run") == 0}
+    more adversarials at some distortion than the white-box attacks' per-image worst case (in the
+    same norm): at D_upp and at each distortion the black-box attack reached; and at its budget it
+    must not break more than TOL of the images the white-box attacks left unbroken within it
+    (AutoAttack's check: Square lowering the robust accuracy after the gradient attacks)."""
+    black = {k: e for k, e in done.items() if e.get("grads_per_run") == 0}
     white = [e[v] for e in done.values() if (e.get("grads_per_run") or 0) > 0]
     if not black or not white:
         return []
-    runs = [per_sample_distortion(s) for s in white]
+    runs = [per_sample_distortion(s, norm) for s in white]
     suc, dist = least_distortion(torch.stack([s for s, _ in runs]), torch.stack([d for _, d in runs]))
     out = []
-    for kb, b in black.items():
-        b_suc, b_dist = per_sample_distortion(b)
+    for kb, eb in black.items():
+        b = eb[v]
+        b_suc, b_dist = per_sample_distortion(b, norm)
+        for eps in (eb.get("key") or {}).get("budgets") or []:
+            only = b_suc & within_budget(b_dist, eps) & ~(suc & within_budget(dist, eps))
+            if int(only.sum()) > TOL * len(only):
+                out.append(Finding(BLACK_BOX, f"{kb} ({v}): the black-box attack breaks {int(only.sum())} of "
+                                   f"{len(only)} images within eps={eps:g} ({norm}) that the white-box attacks "
+                                   "left unbroken: the gradients mislead (gradient masking)"))
         grid = sorted({b["d_upp"], *b_dist[b_suc].tolist()})
         d = torch.tensor(grid, dtype=torch.float64)
         p_b = operating_characteristic(b_suc, b_dist, d).tolist()
@@ -125,7 +144,7 @@ def _black_box_checks(done: dict, v: str) -> list[Finding]:
     return out
 
 
-def _p_at(stats: dict, grid: list[float]) -> list[float]:
+def _p_at(stats: dict, grid: list[float], norm: str = "l2") -> list[float]:
     """P(D) at the distortions of ``grid`` from an entry's per-sample distortions (eq. 3.2)."""
-    success, l2 = per_sample_distortion(stats)
+    success, l2 = per_sample_distortion(stats, norm)
     return operating_characteristic(success, l2, torch.tensor(grid, dtype=torch.float64)).tolist()

@@ -1,8 +1,9 @@
 """Attack suites: a YAML list of attack configs or a built-in one:
 
-- ``reliable`` (evaluate.py's default): an AutoAttack-like fixed ensemble in L2 (Croce & Hein 2020):
-  APGD-CE, APGD-T, FAB-T, Square at L2 budgets, and FMN, BP, DDN run long enough to reach the
-  minimal distortion; its per-image worst case is the headline.
+- ``reliable`` (evaluate.py's default): an AutoAttack-like fixed ensemble per threat model (Croce &
+  Hein 2020): in L2 and in Linf, APGD-CE, APGD-T, FAB-T, Square at the standard budgets, and
+  minimum-norm attacks (FMN, FAB; BP, DDN in L2) run long enough to reach the minimal distortion;
+  its per-image worst case per threat model is the headline.
 - ``thesis`` (alias ``full``): every registered attack with the thesis' settings for the dataset
   (thesis 5.3.1, Table 5.2: 20-iteration rows), except the "unrestricted" family (D2B, FSA: no Lp
   budget, fitted files), which suites list explicitly. On adversarially trained models these short runs
@@ -28,7 +29,7 @@ from ..registry import check_kwargs, valid_options
 
 #: the named suite files (package data: found in an installed package too)
 SUITES_DIR = files(__package__) / "suites"
-SPEC_KEYS = ("attack", "label", "options", "budgets", "quantize_mode")
+SPEC_KEYS = ("attack", "label", "options", "budgets", "quantize_mode", "cascade")
 #: "post": round the returned images (thesis 5.3, same as the attacks' own final rounding);
 #: "attack": the attack quantizes inside its loop (DDN, BP round each iterate), run it with quantize=True
 QUANTIZE_MODES = ("post", "attack")
@@ -89,6 +90,9 @@ class AttackSpec:
     options: dict[str, Any] = field(default_factory=dict)
     budgets: list[float] | None = None
     quantize_mode: str | None = None  # default: "attack" when the attack class rounds every iterate
+    #: fixed-budget attacks only: run each budget only on the images not yet broken within it (in every
+    #: variant) by the suite's earlier attacks of the same norm (AutoAttack's cascade)
+    cascade: bool = False
 
     def __post_init__(self) -> None:
         cls = ATTACKS[self.attack]  # unknown name: error listing the known ones
@@ -113,6 +117,11 @@ class AttackSpec:
             for b in self.budgets:
                 check_positive(f"{self.label}: budgets (eps)", b)
             self.budgets = sorted(float(b) for b in self.budgets)
+        if not isinstance(self.cascade, bool):
+            raise TypeError(f"{self.label}: cascade must be true or false, got {self.cascade!r}")
+        if self.cascade and self.budgets is None:
+            raise ValueError(f"{self.label}: cascade needs budgets (a fixed-budget attack skips the images "
+                             "already broken within its budget)")
         for eps in self.runs():  # every option's type and range checked now, before any attack runs
             for quantize in (False, True):
                 self.build(eps, quantize)
@@ -120,6 +129,11 @@ class AttackSpec:
     @property
     def family(self) -> str:
         return getattr(ATTACKS[self.attack], "family", "distortion")
+
+    @property
+    def threat(self) -> str | None:
+        """The threat model (norm) the attack bounds or minimizes; None for unrestricted attacks."""
+        return None if self.family == "unrestricted" else ATTACKS[self.attack].norm
 
     def build(self, eps: float | None = None, quantize: bool = False) -> Attack:
         opts = dict(self.options, quantize=quantize)
@@ -163,34 +177,54 @@ def full_suite(dataset: str = "mnist_embedded") -> list[AttackSpec]:
     return specs
 
 
-#: the ``reliable`` suite per dataset group: fixed-budget attacks at D_upp (APGD-CE also at D_upp / 2;
-#: L2, the evaluation's distortion), minimum-norm attacks with enough iterations to converge. Names of the
-#: attacks: APGD (``apgd_l2`` CE, ``apgd_t_l2`` targeted DLR), ``fab_l2`` targeted, ``square_l2``
-#: (score-based: the check gradient masking cannot fool), ``fmn_l2``. The minimum-norm attacks land on
-#: the boundary, where rounding afterwards loses most successes on robust models, so they run once
-#: per variant with their quantization-aware mode (quantize_mode "attack": FAB/FMN check the
-#: rounded iterate, BP/DDN round every iterate); APGD and Square stop inside their budget and are
-#: rounded afterwards (as AutoAttack's images are in bench/evaluation_strength.py).
+#: the ``reliable`` suite per dataset group, one ensemble per threat model. L2: fixed-budget attacks at
+#: D_upp / 2, D_upp and the standard L2 budget (``threats.STANDARD_BUDGETS``), minimum-norm attacks with
+#: enough iterations to converge. Linf: AutoAttack standard's composition at the standard Linf budget
+#: (APGD-CE; APGD-T, DLR on 9 targets; FAB-T; Square, 5,000 queries) plus FMN-Linf, FAB-T and FMN being
+#: minimum-norm attacks (the curve between budgets). Names of the attacks: APGD (``apgd_*`` CE,
+#: ``apgd_t_*`` targeted DLR), ``fab_*`` targeted, ``square_*`` (score-based: the check gradient masking
+#: cannot fool), ``fmn_*``, BP, DDN. The minimum-norm attacks land on the boundary, where rounding
+#: afterwards loses most successes on robust models, so they run once per variant with their
+#: quantization-aware mode (quantize_mode "attack": FAB/FMN check the rounded iterate, BP/DDN round
+#: every iterate); APGD and Square stop inside their budget and are rounded afterwards into the ball
+#: (``norms.quantize_within``). Cascade (AutoAttack's): APGD-T and Square run last, each budget only on
+#: the images the earlier attacks of their norm left unbroken within it (in every variant).
 _RELIABLE_BUDGETS = {"mnist": [1.0, 2.0], "cifar10": [0.35, 0.7], "imagenet": [0.5, 1.0]}
 
 
-def _reliable_entries(group: str) -> list[dict[str, Any]]:
-    budgets = _RELIABLE_BUDGETS[group]
+def _reliable_entries(group: str, budgets: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """The entries of the reliable suite for ``group`` with the standard budgets ``budgets`` (norm ->
+    eps; default ``threats.STANDARD_BUDGETS[group]``)."""
+    from .threats import STANDARD_BUDGETS
+    std = {**STANDARD_BUDGETS[group], **(budgets or {})}
+    sweep = _RELIABLE_BUDGETS[group]
+    l2_ce = sorted({*sweep, std["l2"]})
+    l2_fixed = sorted({sweep[-1], std["l2"]})
+    linf = [std["linf"]]
+    minimum = {"quantize_mode": "attack"}
     return [
-        {"attack": "apgd_l2", "label": "apgd_ce", "options": {"loss": "ce"}, "budgets": budgets},
-        {"attack": "apgd_t_l2", "label": "apgd_t", "budgets": budgets[-1:]},  # 9 targets x 100 steps
-        {"attack": "fab_l2", "label": "fab_t", "options": {"targeted": True}, "quantize_mode": "attack"},
-        {"attack": "square_l2", "label": "square", "options": {"queries": 5000}, "budgets": budgets[-1:]},
-        {"attack": "fmn_l2", "label": "fmn", "options": {"steps": 300}, "quantize_mode": "attack"},
-        {"attack": "bp", "label": "bp", "options": {"steps": 100, "variant": "sphere"}, "quantize_mode": "attack"},
-        {"attack": "ddn", "label": "ddn", "options": {"steps": 300}, "quantize_mode": "attack"},
+        {"attack": "apgd_l2", "label": "apgd_ce", "options": {"loss": "ce"}, "budgets": l2_ce},
+        {"attack": "fab_l2", "label": "fab_t", "options": {"targeted": True}, **minimum},
+        {"attack": "fmn_l2", "label": "fmn", "options": {"steps": 300}, **minimum},
+        {"attack": "bp", "label": "bp", "options": {"steps": 100, "variant": "sphere"}, **minimum},
+        {"attack": "ddn", "label": "ddn", "options": {"steps": 300}, **minimum},
+        {"attack": "apgd_t_l2", "label": "apgd_t", "budgets": l2_fixed, "cascade": True},  # 9 targets x 100
+        {"attack": "square_l2", "label": "square", "options": {"queries": 5000}, "budgets": l2_fixed,
+         "cascade": True},
+        {"attack": "apgd_linf", "label": "apgd_ce_linf", "options": {"loss": "ce"}, "budgets": linf},
+        {"attack": "fab_linf", "label": "fab_t_linf", "options": {"targeted": True}, **minimum},
+        {"attack": "fmn_linf", "label": "fmn_linf", "options": {"steps": 300}, **minimum},
+        {"attack": "apgd_t_linf", "label": "apgd_t_linf", "budgets": linf, "cascade": True},
+        {"attack": "square_linf", "label": "square_linf", "options": {"queries": 5000}, "budgets": linf,
+         "cascade": True},
     ]
 
 
-def reliable_suite(dataset: str = "mnist_embedded") -> list[AttackSpec]:
-    """The ``reliable`` ensemble for ``dataset`` (see the module docstring). Fails with the list of
-    missing attacks when some are not registered (nothing is silently left out of the worst case)."""
-    entries = _reliable_entries(_group(dataset))
+def reliable_suite(dataset: str = "mnist_embedded", budgets: dict[str, float] | None = None) -> list[AttackSpec]:
+    """The ``reliable`` ensemble for ``dataset`` at the standard budgets (overridden by ``budgets``;
+    see the module docstring). Fails with the list of missing attacks when some are not registered
+    (nothing is silently left out of the worst case)."""
+    entries = _reliable_entries(_group(dataset), budgets)
     missing = [e["attack"] for e in entries if e["attack"] not in ATTACKS]
     if missing:
         raise ValueError(f"the reliable suite needs attacks that are not registered: {', '.join(missing)}; "
@@ -247,13 +281,17 @@ def parse_suite(entries: Any, where: str = "suite") -> list[AttackSpec]:
     return specs
 
 
-def load_suite(suite: str | list | Path = "full", dataset: str = "mnist_embedded") -> list[AttackSpec]:
+def load_suite(suite: str | list | Path = "full", dataset: str = "mnist_embedded",
+               budgets: dict[str, float] | None = None) -> list[AttackSpec]:
     """``"reliable"``, ``"thesis"`` (= ``"full"``), ``"quick"``, a name in ``advtrain/evaluation/suites/``
-    (``demo``, ``smoke``, ...), a YAML file, or a list of configs/specs."""
+    (``demo``, ``smoke``, ...), a YAML file, or a list of configs/specs. ``budgets`` (norm -> eps, the
+    standard budgets' overrides) set the reliable suite's fixed budgets; other suites keep theirs."""
     if isinstance(suite, list):
         if all(isinstance(s, AttackSpec) for s in suite):
             return list(suite)
         return parse_suite(suite)
+    if str(suite) == "reliable":
+        return reliable_suite(dataset, budgets)
     if str(suite) in BUILTIN_SUITES:
         return BUILTIN_SUITES[str(suite)](dataset)
     path = Path(suite)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..attacks.base import AttackContext, BestTracker, frozen_eval
 from ..defenses.eot import misclassified
-from ..ops.norms import l2_norm, linf_norm, quantize as quantize_8bit
+from ..ops.norms import NORMS, l2_norm, quantize as quantize_8bit, quantize_within
 from .metrics import summarize
 from .perceptual import perceptual, summarize_perceptual
 from .suite import AttackSpec
@@ -27,35 +27,59 @@ def predict(model: nn.Module, x: Tensor) -> Tensor:
         return model(x).argmax(dim=1)
 
 
+def _quantized(spec: AttackSpec, x_adv: Tensor, x: Tensor, eps: float | None) -> Tensor:
+    """The 8-bit image of a returned adversarial: inside the attack's ball when it has a budget."""
+    return quantize_8bit(x_adv) if eps is None else quantize_within(x_adv, x, eps, spec.threat or "l2")
+
+
 def attack_batch(spec: AttackSpec, attack_model: nn.Module, score_model: nn.Module, x: Tensor, y: Tensor,
-                 variants: tuple[str, ...], encoder: Any = None, draws: int = 1) -> dict:
-    """All runs of one attack on one batch: per variant the least-distortion success over runs
-    (``found``, ``l2``, ``linf``, the adversarial ``best``, successes ``by_budget``, ``perceptual``), and
-    the gradients of every run (``grads``). Success: misclassified by one of ``draws`` calls of
-    ``score_model`` (a randomized model; 1 for a deterministic one)."""
-    trackers = {v: BestTracker(x) for v in variants}
+                 variants: tuple[str, ...], encoder: Any = None, skip: list[Tensor] | None = None,
+                 draws: int = 1) -> dict:
+    """All runs of one attack on one batch: per variant the least-distortion success over runs in each
+    norm (``found``; ``l2`` and the adversarial ``best`` of least L2; ``dist``: norm -> least distortion in
+    that norm), successes ``by_budget``, ``perceptual``, and the gradients of every run (``grads``).
+    ``skip`` (cascade): per run, the images not to attack (already broken within that budget); ``ran``
+    marks the images attacked in at least one run, ``ran_by_budget`` counts them per run. Success:
+    misclassified by one of ``draws`` calls of ``score_model`` (a randomized model; 1 for a
+    deterministic one)."""
+    trackers = {v: {n: BestTracker(x, d) for n, d in NORMS.items()} for v in variants}
     by_budget: dict[str, list[int]] = {v: [] for v in variants}
     grads: list[int] = []
-    for eps in spec.runs():
+    ran = torch.zeros(len(y), dtype=torch.bool, device=x.device)
+    ran_by_budget: list[int] = []
+    for r, eps in enumerate(spec.runs()):
+        todo = ~skip[r].to(x.device) if skip is not None else torch.ones_like(ran)
+        ran |= todo
+        ran_by_budget.append(int(todo.sum()))
+        if not bool(todo.any()):
+            for v in variants:
+                by_budget[v].append(0)
+            continue
+        xs, ys = x[todo], y[todo]
         if spec.quantize_mode == "post":
-            res = spec.build(eps)(attack_model, x, y)
+            res = spec.build(eps)(attack_model, xs, ys)
             grads.append(res.grads)
-            advs = {v: quantize_8bit(res.x_adv) if v == "quantized" else res.x_adv for v in variants}
+            advs = {v: _quantized(spec, res.x_adv, xs, eps) if v == "quantized" else res.x_adv for v in variants}
         else:
             advs = {}
             for v in variants:
-                res = spec.build(eps, quantize=v == "quantized")(attack_model, x, y)
+                res = spec.build(eps, quantize=v == "quantized")(attack_model, xs, ys)
                 grads.append(res.grads)
                 advs[v] = res.x_adv
-        for v, x_adv in advs.items():
-            success = misclassified(score_model, x_adv, y, draws)  # scored on the evaluated (defended) model
-            trackers[v].update(x_adv, success)
+        for v, x_run in advs.items():
+            x_adv = x.clone()
+            x_adv[todo] = x_run.to(x.dtype)
+            success = torch.zeros_like(todo)
+            success[todo] = misclassified(score_model, x_run, ys, draws)  # scored on the evaluated (defended) model
+            for t in trackers[v].values():
+                t.update(x_adv, success)
             by_budget[v].append(int(success.sum()))
-    out: dict[str, Any] = {"grads": grads}
-    for v, t in trackers.items():
-        best, found = t.result()
-        out[v] = {"found": found.cpu(), "l2": t.best_l2.cpu(), "linf": linf_norm(best - x).cpu(),
-                  "best": best.detach(), "by_budget": by_budget[v], "perceptual": perceptual(x, best, encoder)}
+    out: dict[str, Any] = {"grads": grads, "ran": ran.cpu(), "ran_by_budget": ran_by_budget}
+    for v, ts in trackers.items():
+        best, found = ts["l2"].result()
+        out[v] = {"found": found.cpu(), "l2": ts["l2"].best_l2.cpu(), "best": best.detach(),
+                  "dist": {n: t.best_l2.cpu() for n, t in ts.items()},
+                  "by_budget": by_budget[v], "perceptual": perceptual(x, best, encoder)}
     return out
 
 
@@ -78,18 +102,24 @@ def summarize_attack(spec: AttackSpec, parts: list[dict], n: int, variants: tupl
         "grads_per_run": max((g for p in parts for g in p["grads"]), default=0),
         "zero_grad_rate": sum(p["zero_grad"] for p in parts) / max(n, 1),
     }
+    ran = torch.cat([p["ran"] for p in parts]) if parts else torch.zeros(0, dtype=torch.bool)
+    entry["norm"] = spec.threat
+    entry["n_ran"] = int(ran.sum())
+    runs = spec.runs()
+    ran_by_budget = [sum(p["ran_by_budget"][i] for p in parts) for i in range(len(runs))]
     for v in variants:
         found = torch.cat([p[v]["found"] for p in parts]) if parts else torch.zeros(0, dtype=torch.bool)
-        l2 = torch.cat([p[v]["l2"] for p in parts]).double() if parts else torch.zeros(0)
-        linf = torch.cat([p[v]["linf"] for p in parts]).double() if parts else torch.zeros(0)
-        stats = summarize(found, l2, d_upp, points)
-        stats["linf_mean"] = float(linf[found].mean()) if bool(found.any()) else float("nan")
-        runs = spec.runs()
+        dist = {k: torch.cat([p[v]["dist"][k] for p in parts]).double() if parts else torch.zeros(0)
+                for k in NORMS}
+        # the legacy (thesis) statistics: L2, on the images the attack ran on (all but for a cascade)
+        stats = summarize(found[ran], dist["l2"][ran], d_upp, points)
+        stats["linf_mean"] = float(dist["linf"][found].mean()) if bool(found.any()) else float("nan")
         stats["p_suc_by_budget"] = [
-            {"eps": eps, "p_suc": sum(p[v]["by_budget"][i] for p in parts) / max(n, 1)}
-            for i, eps in enumerate(runs)] if spec.budgets is not None else []
-        stats["per_sample"] = {"l2": [d if f else None for d, f in zip(l2.tolist(), found.tolist())],
-                               "linf": [d if f else None for d, f in zip(linf.tolist(), found.tolist())]}
+            {"eps": eps, "p_suc": sum(p[v]["by_budget"][i] for p in parts) / max(ran_by_budget[i], 1),
+             "n_ran": ran_by_budget[i]} for i, eps in enumerate(runs)] if spec.budgets is not None else []
+        stats["per_sample"] = {k: [d if f else None for d, f in zip(dist[k].tolist(), found.tolist())]
+                               for k in NORMS}
+        stats["per_sample"]["ran"] = ran.tolist()
         keys = parts[0][v]["perceptual"] if parts else []
         per = {k: torch.cat([p[v]["perceptual"][k] for p in parts]) for k in keys}
         stats["perceptual"] = summarize_perceptual(found, per)

@@ -6,6 +6,7 @@ import torch
 
 from .metrics import least_distortion, per_sample_distortion, summarize
 from .sanity import check_names, sanity_checks
+from .threats import threat_models
 
 
 def worst_case(attacks: dict, variants: tuple[str, ...], d_upp: float, points: int) -> dict:
@@ -27,9 +28,11 @@ def worst_case(attacks: dict, variants: tuple[str, ...], d_upp: float, points: i
 
 
 def conclude(results: dict, variants: tuple[str, ...], d_upp: float, points: int) -> None:
-    """Set ``results``' ``worst_case``, ``warnings`` and ``failed_checks`` from its attacks (the sanity
+    """Set ``results``' ``worst_case`` (the thesis': least L2 over every attack), ``threat_models`` (per
+    norm, over that norm's attacks), ``warnings`` and ``failed_checks`` from its attacks (the sanity
     checks run once for both)."""
     results["worst_case"] = worst_case(results["attacks"], variants, d_upp, points)
+    results["threat_models"] = threat_models(results, variants, points)
     findings = sanity_checks(results)
     results["warnings"] = [f.message for f in findings]
     results["failed_checks"] = check_names(findings)

@@ -61,6 +61,27 @@ def quantize(x: Tensor) -> Tensor:
     return round_to_levels(x, 256)
 
 
+#: relative slack of "within the budget eps" (float32 distances of images on the 1/255 grid)
+BUDGET_RTOL = 1e-5
+
+
+def within_budget(distance: Tensor, eps: float) -> Tensor:
+    """distance <= eps, up to float32 rounding (``BUDGET_RTOL``): the one test of "inside the ball"."""
+    return distance <= eps * (1 + BUDGET_RTOL)
+
+
+def quantize_within(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
+    """Q(x_adv) kept inside B_norm[x; eps] (a valid 8-bit image of the threat model): the 8-bit
+    rounding, except where it leaves the ball, there rounding toward x (never farther from x than
+    x_adv when x is on the grid): per pixel for Linf (separable), per image otherwise."""
+    q = quantize(x_adv)
+    s = x_adv * 255
+    toward = torch.where(x_adv >= x, torch.floor(s + 1e-3), torch.ceil(s - 1e-3)) / 255
+    if norm == "linf":
+        return torch.where(within_budget((q - x).abs(), eps), q, toward)
+    return torch.where(view_as_batch(within_budget(NORMS[norm](q - x), eps), x), q, toward)
+
+
 def project_linf(x_adv: Tensor, x: Tensor, eps: Tensor | float) -> Tensor:
     """proj onto B_inf[x; eps] then the box (thesis eq. 2.14); ``eps`` scalar or per sample."""
     eps_t = view_as_batch(torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(x.shape[0]), x)
