@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .base import Attack, AttackContext, check_count, check_fraction, check_positive, check_seed
 from .losses import is_adversarial
@@ -255,6 +255,13 @@ class _Targeted(_APGD):
         super().__init__(eps=eps, steps=steps, **kw)
         check_count("n_target_classes", n_target_classes)
         self.n_target_classes = int(n_target_classes)
+
+    def check_model(self, model: nn.Module, logits: Tensor) -> None:
+        """Before a suite runs (``run_suite``): the model has a class to target and enough for the loss."""
+        if logits.shape[1] < 2:
+            raise ValueError(f"{self.name} needs a model of at least 2 classes, got {logits.shape[1]}")
+        y = logits.argmax(1)
+        self.loss_fn(logits, y, logits.scatter(1, y[:, None], float("-inf")).argmax(1))  # dlr: >= 4 classes
 
     def _runs(self, ctx: AttackContext) -> list[Tensor | None]:
         if ctx.targets is not None:

@@ -26,6 +26,23 @@ def predict(model: nn.Module, x: Tensor) -> Tensor:
         return model(x).argmax(dim=1)
 
 
+def scored_success(label: str, score_model: nn.Module, x_adv: Tensor, y: Tensor) -> Tensor:
+    """Per image: the evaluated (defended) model misclassifies ``x_adv``. An image that is no image (NaN,
+    Inf or pixels outside [0, 1]) or that the model maps to non-finite logits is never a success: the
+    attack's batch is refused (recorded as a crash, never counted as robustness or as success)."""
+    flat = x_adv.detach().flatten(1)
+    bad = int((~(torch.isfinite(flat) & (flat >= 0) & (flat <= 1)).all(1)).sum())
+    if bad:
+        raise ValueError(f"{label} returned {bad} adversarial image(s) with NaN, Inf or pixels outside [0, 1]: "
+                         "not scored")
+    with torch.no_grad():
+        logits = score_model(x_adv)
+    bad = int((~torch.isfinite(logits).all(1)).sum())
+    if bad:
+        raise ValueError(f"the model returns NaN or Inf logits on {bad} adversarial image(s) of {label}: not scored")
+    return logits.argmax(dim=1) != y
+
+
 def attack_batch(spec: AttackSpec, attack_model: nn.Module, score_model: nn.Module, x: Tensor, y: Tensor,
                  variants: tuple[str, ...], encoder: Any = None) -> dict:
     """All runs of one attack on one batch: per variant the least-distortion success over runs
@@ -46,7 +63,7 @@ def attack_batch(spec: AttackSpec, attack_model: nn.Module, score_model: nn.Modu
                 grads.append(res.grads)
                 advs[v] = res.x_adv
         for v, x_adv in advs.items():
-            success = predict(score_model, x_adv) != y  # scored on the evaluated (defended) model
+            success = scored_success(spec.label, score_model, x_adv, y)
             trackers[v].update(x_adv, success)
             by_budget[v].append(int(success.sum()))
     out: dict[str, Any] = {"grads": grads}
