@@ -21,8 +21,10 @@ curves.png and examples.png to --out (default: <checkpoint folder>/eval).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -40,6 +42,7 @@ from advtrain.evaluation import load_suite, run_suite  # noqa: E402
 from advtrain.evaluation.checkpoint import load_checkpoint  # noqa: E402
 from advtrain.distributed import dist_info, launch  # noqa: E402
 from advtrain.evaluation.external import load_model, safe_name  # noqa: E402
+from advtrain.files import folder_lock  # noqa: E402
 from advtrain.evaluation.guards import check_output_dir, check_run_options  # noqa: E402
 from advtrain.evaluation.examples import load_rows  # noqa: E402
 from advtrain.evaluation.report import log_wandb, plot_curves, plot_examples, write_report  # noqa: E402
@@ -128,8 +131,9 @@ def apply_defenses(model: torch.nn.Module, specs: list[tuple[str, dict]]) -> tor
     return Defended(model, *inputs) if inputs else model
 
 
-def prepare(args: argparse.Namespace) -> dict:
-    """Everything a worker needs, validated up front so user errors are one clear line."""
+def prepare(args: argparse.Namespace, held: ExitStack | None = None) -> dict:
+    """Everything a worker needs, validated up front so user errors are one clear line. With ``held``,
+    the output folder is locked into it (rank 0: one run per folder, a second one refused now)."""
     check_run_options(n=args.n, d_upp=args.d_upp, quantize=args.quantize, view=args.view,
                       batch_size=args.batch_size, seed=args.seed, points=200)
     for flag, value in (("--eot-samples", args.eot_samples), ("--score-draws", args.score_draws)):
@@ -140,6 +144,8 @@ def prepare(args: argparse.Namespace) -> dict:
     else:
         out = Path(args.ckpt).resolve().parent / "eval" if args.ckpt else Path("runs", "eval", safe_name(args.model))
     check_output_dir(out)  # a file or a read-only folder: refused before any attack runs
+    if held is not None and int(os.environ.get("RANK", "0")) == 0:
+        held.enter_context(folder_lock(out, "evaluation"))  # until the report is written
     model, hp, dm_hp = load_checkpoint(args.ckpt) if args.ckpt else (None, {"model": args.model}, {})
     defenses = [parse_defense(d) for d in args.defense]
     defended = apply_defenses(model, defenses) if model is not None else None
@@ -191,9 +197,28 @@ def main(argv: list[str] | None = None) -> None:
         from advtrain.evaluation.transfer_cli import main as transfer_main
         return transfer_main([a for a in argv if a != "--transfer"])
     args = parse_args(argv)
-    job = prepare(args)
-    results = launch(evaluate, args.procs, args, job)  # rank 0's: torchrun's group, --procs processes, or here
+    with ExitStack() as held:
+        job = prepare(args, held)
+        try:
+            results = launch(evaluate, args.procs, args, job)  # rank 0's: torchrun's group, --procs processes, or here
+        except KeyboardInterrupt:
+            report_interrupted(job["out"])
     exit_if_an_attack_crashed(results, job["out"])
+
+
+def report_interrupted(out: Path) -> None:
+    """Ctrl-C mid-suite: report.md of the attacks that finished (results.json holds them, written after
+    each), one line, exit 130; a rerun continues with the others."""
+    path = out / "results.json"
+    done = []
+    if int(os.environ.get("RANK", "0")) == 0 and path.is_file():
+        results = json.loads(path.read_text())
+        done = [k for k, e in results["attacks"].items() if e.get("status") == "done"]
+        write_report(results, out / "report.md")
+    kept = f"{len(done)} finished attack(s) ({', '.join(done)}) in {path} and report.md" if done else \
+        "no attack had finished"
+    print(f"evaluate.py: interrupted: {kept}; rerun the same command to continue", file=sys.stderr)
+    sys.exit(130)
 
 
 def exit_if_an_attack_crashed(results: dict, out: Path) -> None:

@@ -63,8 +63,26 @@ def run_with_clean_errors(main: Callable[[], object], prog: str) -> None:
 
     try:
         main()
-    except USER_ERRORS as e:
+    except Exception as e:
         if os.environ.get("ADVTRAIN_TRACEBACK"):
             raise
-        print(f"{prog}: error: {user_message(e)}", file=sys.stderr)
-        sys.exit(2)
+        # Lightning's option errors (``--trainer.max_epochs -5``) are user errors too
+        if isinstance(e, USER_ERRORS) or type(e).__name__ == "MisconfigurationException":
+            print(f"{prog}: error: {user_message(e)}", file=sys.stderr)
+            sys.exit(2)
+        if isinstance(e, OSError):  # the machine's: a full disk, a folder made read-only midway, a lost mount
+            print(f"{prog}: error: {environment_message(e)}", file=sys.stderr)
+            sys.exit(1)
+        raise
+    except KeyboardInterrupt:  # Ctrl-C: one line (files are written atomically, so none is half-written)
+        if os.environ.get("ADVTRAIN_TRACEBACK"):
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def environment_message(e: OSError) -> str:
+    """``cannot access runs/x/.results.json.123.tmp: No space left on device (files written before are kept; ...)``."""
+    where = f" {e.filename}" if e.filename else ""
+    return (f"cannot access{where}: {e.strerror or type(e).__name__} (files written before are kept; "
+            "free space or fix permissions, then rerun to continue)")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .files import atomic_write
 from .models.factory import BUILTIN
 from .training.plain_loop import Recipe, train_plain
 
@@ -58,9 +59,7 @@ def save_member(model: torch.nn.Module, recipe: Recipe, accuracy: float, path: P
     hp = {"model": recipe.model, "num_classes": 10, "recipe": asdict(recipe), "test_accuracy": accuracy}
     ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "hyper_parameters": hp,
             "datamodule_hyper_parameters": {"dataset": "mnist_embedded"}}
-    tmp = path.with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def train_zoo(out: str | Path, members: dict[str, Recipe] | None = None, limit: int | None = None,
@@ -100,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     bad = [m for m in args.only or [] if m not in ZOO]
     if bad:
         raise ValueError(f"unknown zoo member {', '.join(bad)}; known: {', '.join(ZOO)}")
+    from .evaluation.guards import check_output_dir
+    check_output_dir(args.out)  # a file or a read-only folder: refused now, not after the training
     train_zoo(args.out, {k: ZOO[k] for k in args.only} if args.only else None, progress=not args.no_progress)
 
 

@@ -14,7 +14,7 @@ def untrained_style_pair(seed: int = 0) -> dict[str, str]:
     from advtrain.featspace.decoder import Decoder
     from advtrain.featspace.encoder import Encoder, MnistVggMini
 
-    enc_path, dec_path = CACHE / f"fsa_untrained_encoder_{seed}.safetensors", CACHE / f"fsa_untrained_decoder_{seed}.safetensors"
+    enc_path, dec_path = CACHE / f"fsa_untrained_encoder_{seed}_v2.safetensors", CACHE / f"fsa_untrained_decoder_{seed}_v2.safetensors"
     if not (enc_path.is_file() and dec_path.is_file()):
         torch.manual_seed(seed)
         net = MnistVggMini()

@@ -73,7 +73,7 @@ def test_evaluate_with_model_option_end_to_end(script, files, tmp_path):
     ("c4", "other.pt", "do not fit model 'c4'"),
     ("c4_zoo:load", "other.pt", "do not fit model 'c4_zoo:load'"),
     ("c4", "missing.pt", "weights file not found"),
-    ("c4", "suite.yaml", "cannot be loaded safely"),
+    ("c4", "suite.yaml", "is not a readable weights file"),  # a text file: damaged, not unsafe
 ])
 def test_bad_model_option_is_refused(files, spec, weights, message):
     """Each is a user error (ValueError/TypeError/FileNotFoundError: one line from evaluate.py)."""

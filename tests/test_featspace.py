@@ -172,8 +172,9 @@ def test_fsa_scalings_stay_in_the_log_bound_and_it_is_deterministic(trained_c4, 
 def test_fsa_bad_input(style_pair, tmp_path):
     with pytest.raises(ValueError, match="bound must be > 1"):
         build_attack("fsa", bound=0.9, **style_pair)
-    with pytest.raises(ValueError, match="fsa needs encoder and decoder files"):
-        build_attack("fsa")
+    x = torch.zeros(1, 1, 28, 28)
+    with pytest.raises(ValueError, match="fsa needs encoder and decoder files"):  # when called, not built:
+        build_attack("fsa")(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), x, torch.zeros(1, dtype=torch.long))  # a suite fits them first
     other = untrained_style_pair(seed=1)
     with pytest.raises(ValueError, match="fitted on another model") as err:
         build_attack("fsa", encoder=other["encoder"], decoder=style_pair["decoder"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .base import Attack, AttackContext, check_budget, check_count, check_fraction, check_seed
 from .losses import is_adversarial
@@ -247,6 +247,13 @@ class _Targeted(_APGD):
     def __init__(self, eps: float | None = None, steps: int = 100, n_target_classes: int = 9, **kw) -> None:
         super().__init__(eps=eps, steps=steps, **kw)
         self.n_target_classes = check_count("n_target_classes", n_target_classes)
+
+    def check_model(self, model: nn.Module, logits: Tensor) -> None:
+        """Before a suite runs (``run_suite``): the model has a class to target and enough for the loss."""
+        if logits.shape[1] < 2:
+            raise ValueError(f"{self.name} needs a model of at least 2 classes, got {logits.shape[1]}")
+        y = logits.argmax(1)
+        self.loss_fn(logits, y, logits.scatter(1, y[:, None], float("-inf")).argmax(1))  # dlr: >= 4 classes
 
     def _runs(self, ctx: AttackContext) -> list[Tensor | None]:
         if ctx.targets is not None:

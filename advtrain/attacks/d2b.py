@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..featspace.bound import bounded_barrier, check_quantile, plane_bounds
 from ..featspace.stats import ActivationStats, default_planes
@@ -95,10 +95,25 @@ class D2B(Attack):
         from ..featspace.stats import fit_activation_stats
         return fit_activation_stats(ctx.model, [ctx.x], layers or default_planes(ctx.model), progress=False)
 
+    def check_model(self, model: nn.Module, logits: Tensor) -> None:
+        """Before a suite runs (``run_suite``): the planes exist and the statistics file loads, is bound to
+        ``model`` and holds them (a bad file is one line now, not a crash after the other attacks)."""
+        if self.layers is not None:
+            find_layers(model, self.layers)
+        elif self.stats is None:
+            default_planes(model)
+        if self.stats is not None:
+            self._check_planes(self.stats if isinstance(self.stats, ActivationStats)
+                               else ActivationStats.load(self.stats, model))
+
     def _planes(self, ctx: AttackContext) -> tuple[list[str], ActivationStats]:
         if self.layers is not None:
             find_layers(ctx.model, self.layers)
         stats = self._stats(ctx, self.layers)
+        return self._check_planes(stats), stats
+
+    def _check_planes(self, stats: ActivationStats) -> list[str]:
+        """The planes attacked: ``layers`` (default: those of ``stats``), each in ``stats``."""
         layers = self.layers or stats.layers
         missing = [k for k in layers if k not in stats.mean]
         if missing:
@@ -106,7 +121,7 @@ class D2B(Attack):
                              f"{', '.join(stats.layers)})")
         if isinstance(self.quantile, dict) and set(self.quantile) != set(layers):
             raise ValueError(f"d2b: quantile per plane must name exactly the planes {layers}, got {list(self.quantile)}")
-        return layers, stats
+        return layers
 
     def _evaluate(self, ctx: AttackContext, tap: LayerTap, bounds: dict, stats: ActivationStats, x: Tensor,
                   idx: Tensor, labels: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -65,6 +65,10 @@ class FeatureLevel(MomentumIterative):
         self.layer = layer
         self._layer = ""
 
+    def check_model(self, model: nn.Module, logits: Tensor) -> None:
+        """Before a suite runs (``run_suite``): the tapped layer exists in ``model``."""
+        find_layers(model, [self.layer or default_layer(model)])
+
     def _run(self, ctx: AttackContext) -> Tensor:
         if ctx.targets is not None and not self.supports_targets:
             raise ValueError(f"{self.name} is untargeted only (it degrades the true class's features)")

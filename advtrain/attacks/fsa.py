@@ -23,6 +23,10 @@ from ..ops.norms import quantize as quantize_8bit
 from .registry import register_attack
 
 
+MISSING_FILES = ("fsa needs encoder and decoder files: python -m advtrain.featspace decoder --config "
+                 "configs/featspace_mnist_decoder.yaml (run_suite fits them on first use given an out_dir)")
+
+
 def _load_pair(encoder: str | Encoder, decoder: str | Decoder) -> tuple[Encoder, Decoder]:
     enc = encoder if isinstance(encoder, Encoder) else Encoder.load(encoder)
     if isinstance(decoder, Decoder):
@@ -53,6 +57,7 @@ class FSA(Attack):
 
     name = "fsa"
     family = "unrestricted"
+    required_files = ("encoder", "decoder")  # run_suite fits missing ones on first use (featspace/provision.py)
     default_loss = "margin"
 
     def __init__(self, encoder: str | Encoder | None = None, decoder: str | Decoder | None = None,
@@ -65,12 +70,11 @@ class FSA(Attack):
         check_positive("confidence", confidence, allow_zero=True)
         if not isinstance(bound, (int, float)) or not bound > 1.0:
             raise ValueError(f"bound must be > 1 (the factor on channel std and mean), got {bound!r}")
-        if encoder is None or decoder is None:
-            raise ValueError("fsa needs encoder and decoder files: python -m advtrain.featspace decoder "
-                             "--config configs/featspace_mnist_decoder.yaml")
         self.encoder = str(encoder) if isinstance(encoder, Path) else encoder
         self.decoder = str(decoder) if isinstance(decoder, Path) else decoder
-        self._pair = _load_pair(self.encoder, self.decoder)  # refuses a decoder of another encoder now
+        # files given: loaded and checked now (a decoder of another encoder is refused); missing: an error
+        # when the attack is called, so a suite entry without them validates and run_suite fits them on first use
+        self._pair = None if encoder is None or decoder is None else _load_pair(self.encoder, self.decoder)
         self.bound, self.steps, self.lr = float(bound), int(steps), float(lr)
         self.adv_weight, self.confidence = float(adv_weight), float(confidence)
 
@@ -79,6 +83,8 @@ class FSA(Attack):
         return float(torch.log(torch.tensor(self.bound, dtype=torch.float64)))
 
     def _run(self, ctx: AttackContext) -> Tensor:
+        if self._pair is None:
+            raise ValueError(MISSING_FILES)
         enc, dec = self._pair
         enc.to(ctx.x.device), dec.to(ctx.x.device)
         x = ctx.x

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..models.fingerprint import check_finite_state
+from ..files import atomic_write
+from ..models.fingerprint import CHECKSUM, check_checksum, check_finite_state, weights_sha256
 from .e8 import E8Lattice
 from .patches import from_position_vectors, per_position_vectors
 
@@ -226,11 +227,9 @@ def save_safetensors(path: str | Path, tensors: dict[str, Tensor], header: dict[
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"advtrain": json.dumps(header)})
-    tmp.replace(path)
-    return path
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    metadata = {"advtrain": json.dumps(header), CHECKSUM: weights_sha256(tensors)}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -250,4 +249,5 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any
     if not isinstance(header, dict):
         raise ValueError(f"{path} is not an advtrain codebook file (no 'advtrain' metadata)")
     check_finite_state(tensors, f"codebook file {path}")
+    check_checksum(tensors, meta.get(CHECKSUM), f"codebook file {path}")
     return tensors, header

@@ -379,8 +379,19 @@ class PatchReplacement(Defended):
         for i, (spec, cfg) in enumerate(zip(header["layers"], saved)):
             prefix = f"layer{i}."
             own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            stages.append(LayerReplacement(cfg, build_codebook(spec["codebook_meta"], own, cfg.d)))
+            book = build_codebook(spec["codebook_meta"], own, cfg.d)
+            if cfg.layer == IMAGE and isinstance(book, PQCodebook):
+                _check_pixel_codewords(book.centroids, path)
+            stages.append(LayerReplacement(cfg, book))
         self.defenses = nn.ModuleList(stages).to(self._device())
+
+
+def _check_pixel_codewords(centroids: Tensor, path: Path) -> None:
+    """Image-layer codewords are patches of pixels: k-means centroids of [0, 1] data lie in [0, 1]."""
+    lo, hi = float(centroids.min()), float(centroids.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"{path}: image-layer codewords must be pixels in [0, 1], got values in [{lo:.4g}, "
+                         f"{hi:.4g}]: the file was modified or fitted on unscaled images; refit it")
 
 
 def _sample_rows(patches: Tensor, n: int | None, gen: torch.Generator) -> Tensor:

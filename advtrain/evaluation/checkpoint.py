@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..models import build_model
+from ..models.factory import load_fitting
 from ..models.fingerprint import check_finite_state
 
 PREFIX = "model."  # AdversarialTrainingModule keeps the classifier in ``self.model``
@@ -28,11 +29,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any], dict[s
         raise ValueError(f"{path}: hyper_parameters has no 'model' name; was it written by train.py?")
     model = build_model(hp["model"], num_classes=int(hp.get("num_classes", 10)))
     state = {k[len(PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())[:300]
-        raise ValueError(f"{path}: weights do not fit model {hp['model']!r}: {detail}") from None
+    load_fitting(model, state, f"{path}: weights do not fit model {hp['model']!r}")
     return model.eval(), hp, dict(ckpt.get("datamodule_hyper_parameters") or {})
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..files import atomic_write
+
 EASIEST, HARDEST, UNBROKEN = 4, 4, 2  # rows of examples.png
 ADVERSARIALS_FILE = "adversarials.pt"
 EXAMPLES_FILE = "examples.pt"
@@ -80,10 +82,11 @@ def load_adversarials(path: Path) -> dict[str, Adversarials]:
 def save_examples(out_dir: Path, stores: dict[str, Adversarials], X: list[int], x: Tensor, y: Tensor) -> None:
     """adversarials.pt (to continue) and the figure's rows: examples.pt, and examples_unrestricted.pt when
     an unrestricted attack found adversarials."""
-    torch.save({k: s.items for k, s in stores.items()}, out_dir / ADVERSARIALS_FILE)
-    torch.save(stores["suite"].rows(X, x, y), out_dir / EXAMPLES_FILE)
+    atomic_write(out_dir / ADVERSARIALS_FILE, lambda tmp: torch.save({k: s.items for k, s in stores.items()}, tmp))
+    atomic_write(out_dir / EXAMPLES_FILE, lambda tmp: torch.save(stores["suite"].rows(X, x, y), tmp))
     if stores["unrestricted"].items:
-        torch.save(stores["unrestricted"].rows(X, x, y, "unrestricted: "), out_dir / UNRESTRICTED_EXAMPLES)
+        rows = stores["unrestricted"].rows(X, x, y, "unrestricted: ")
+        atomic_write(out_dir / UNRESTRICTED_EXAMPLES, lambda tmp: torch.save(rows, tmp))
 
 
 def load_rows(out_dir: Path) -> list[dict]:

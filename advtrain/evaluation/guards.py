@@ -92,6 +92,32 @@ def check_images(x: Any, where: str = "images") -> None:
                          "move normalisation inside the model")
 
 
+def check_channels(model: nn.Module, x: Tensor) -> None:
+    """A per-channel ``Normalize`` of the model matches the images' channels (1-channel images into an RGB
+    model would broadcast through it to 3 channels and be evaluated silently)."""
+    from ..models.normalize import Normalize
+
+    for name, m in model.named_modules():
+        if isinstance(m, Normalize) and m.mean.shape[1] not in (1, x.shape[1]):
+            raise ValueError(f"the model normalizes {m.mean.shape[1]}-channel images ({name or 'normalize'}) but the "
+                             f"images have {x.shape[1]} channel(s): evaluate it on a dataset of its channels")
+
+
+def check_attacks_on(specs: list, attack_model: nn.Module, x: Tensor) -> None:
+    """What each attack of the suite needs of the model (its layers, fitted files, classes), through the
+    attacks' ``check_model(model, logits)``: one line before any attack runs, not a crash after others ran."""
+    with torch.no_grad():
+        logits = attack_model(x)
+    for s in specs:
+        check = getattr(s.build(s.runs()[0]), "check_model", None)
+        if check is None:
+            continue
+        try:
+            check(attack_model, logits)
+        except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
+            raise type(e)(f"{s.label}: {e}") from None
+
+
 def check_model_on(model: nn.Module, x: Tensor, y: Tensor) -> None:
     """The model takes these images and returns logits [B, classes] covering the labels."""
     weights = [p for p in list(model.parameters()) + list(model.buffers()) if p.is_floating_point()]
@@ -100,8 +126,13 @@ def check_model_on(model: nn.Module, x: Tensor, y: Tensor) -> None:
                         f"(model.to({x.dtype}) or images.to({weights[0].dtype}))")
     if weights and weights[0].device != x.device:
         raise ValueError(f"the images are on {x.device} but the model is on {weights[0].device}")
+    check_channels(model, x)
     with torch.no_grad():
-        out = model(x)
+        try:
+            out = model(x)
+        except RuntimeError as e:  # a shape the model cannot take (RGB into a 1-channel net, another size)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"the model fails on images of shape {tuple(x.shape[1:])}: {first}") from None
     if not isinstance(out, Tensor):
         raise TypeError(f"the model must return a logits tensor [B, classes], got {type(out).__name__}; "
                         "wrap it to return the logits only")

@@ -15,6 +15,7 @@ finished attack; results.json and the examples (``examples.py``) saved after eac
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import traceback
 from contextlib import contextmanager
@@ -26,15 +27,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ..attacks import ATTACKS
 from ..data import D_UPP
 from ..defenses.defended import Defended
 from ..defenses.eot import EOT, misclassified, plan_draws
 from ..models.fingerprint import weights_sha256
 from ..ops.norms import within_budget
 from ..distributed import batch_seed, broadcast, dist_info, gather, my_batches
+from ..files import folder_lock
 from .examples import ADVERSARIALS_FILE, UNRESTRICTED_EXAMPLES, Adversarials, load_adversarials, save_examples
-from .guards import (QUANTIZE_CHOICES, as_labels, check_images, check_model, check_model_on, check_output_dir,
-                     check_run_options)
+from .guards import (QUANTIZE_CHOICES, as_labels, check_attacks_on, check_images, check_model, check_model_on,
+                     check_output_dir, check_run_options)
 from .perceptual import UNRESTRICTED, encoder_of
 from .resume import RESULTS_VERSION, previous_results, write_json
 from .resume import canon as _canon
@@ -74,10 +77,23 @@ def _provision(specs: list[AttackSpec], model: nn.Module, dataset: str, context:
     """Unrestricted entries without their fitted files (D2B statistics, FSA encoder/decoder) get
     them, fitted on first use by rank 0 and cached beside the checkpoint (else in ``out_dir``)."""
     where = Path(context["checkpoint"]).parent if (context or {}).get("checkpoint") else out_dir
-    if where is None or not any(s.family == UNRESTRICTED for s in specs):
+    if not any(s.family == UNRESTRICTED for s in specs):
+        return specs
+    if where is None:  # nowhere to fit them: refused now, not a crash after the other attacks ran
+        lacking = [s.label for s in specs
+                   if any(s.options.get(k) is None for k in getattr(ATTACKS[s.attack], "required_files", ()))]
+        if lacking:
+            raise ValueError(f"{', '.join(lacking)}: no files given and no out_dir to fit them into on first use: "
+                             "pass out_dir or the files (python -m advtrain.featspace)")
         return specs
     from ..featspace.provision import provision
-    options = [provision(s.attack, s.options, model, dataset, where) if s.family == UNRESTRICTED else s.options
+
+    def provided(s: AttackSpec) -> dict:
+        try:
+            return provision(s.attack, s.options, model, dataset, where)
+        except (ValueError, TypeError, KeyError, FileNotFoundError) as e:  # e.g. an unknown plane
+            raise type(e)(f"{s.label}: {e}") from None
+    options = [provided(s) if s.family == UNRESTRICTED else s.options
                for s in specs] if dist_info()[0] == 0 else None
     return [dataclasses.replace(s, options=o) for s, o in zip(specs, broadcast(options))]
 
@@ -262,6 +278,19 @@ def _save(out_dir: Path | None, results: dict, stores: dict[str, Adversarials], 
     save_examples(out_dir, stores, results["context"]["indices"], job.x, job.y)
 
 
+def _owning_out_dir(fn: Callable[..., dict]) -> Callable[..., dict]:
+    """``fn`` holding its ``out_dir`` (rank 0, the writer): one run per folder (``advtrain/files.py``)."""
+    @functools.wraps(fn)
+    def owner(*args: Any, **kw: Any) -> dict:
+        out = kw.get("out_dir")
+        if out is None or dist_info()[0] != 0:
+            return fn(*args, **kw)
+        with folder_lock(check_output_dir(out), "evaluation"):
+            return fn(*args, **kw)
+    return owner
+
+
+@_owning_out_dir
 def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list | Path = "full", *,
               dataset: str = "mnist_embedded", d_upp: float | None = None, quantize: str = "both",
               view: str = "bpda", approx: dict[str, Callable] | None = None, n: int | None = None,
@@ -323,6 +352,7 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
 
     with _eval_mode(model):
         check_model_on(model, x_all[:batch_size], y_all[:batch_size])
+        check_attacks_on(specs, attack_model, x_all[:batch_size])
         X = _clean_set(model, x_all, y_all, batch_size, seed, draws["score_draws"])
         results["context"].update(n=len(X), accuracy=len(X) / max(len(y_all), 1), indices=X.tolist())
         batches = chunks(X, batch_size)

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write
 from .suite import AttackSpec
 
 #: the layout of results.json: 2 adds the threat models (per-attack "norm", per-sample distortions in
@@ -39,9 +40,8 @@ def canon(obj: Any) -> Any:
 
 def write_json(path: Path, obj: dict) -> None:
     """``obj`` as JSON at ``path``, atomically (a crash mid-write keeps the previous file)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=1))
-    tmp.replace(path)
+    text = json.dumps(_jsonable(obj), indent=1)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def previous_results(path: Path, ctx: dict, specs: list[AttackSpec]) -> dict:

@@ -9,7 +9,6 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks.base import AttackContext, BestTracker, frozen_eval
-from ..defenses.eot import misclassified
 from ..ops.norms import NORMS, l2_norm, quantize as quantize_8bit, quantize_within
 from .metrics import summarize
 from .perceptual import perceptual, summarize_perceptual
@@ -30,6 +29,28 @@ def predict(model: nn.Module, x: Tensor) -> Tensor:
 def _quantized(spec: AttackSpec, x_adv: Tensor, x: Tensor, eps: float | None) -> Tensor:
     """The 8-bit image of a returned adversarial: inside the attack's ball when it has a budget."""
     return quantize_8bit(x_adv) if eps is None else quantize_within(x_adv, x, eps, spec.threat or "l2")
+
+
+def scored_success(label: str, score_model: nn.Module, x_adv: Tensor, y: Tensor, draws: int = 1) -> Tensor:
+    """Per image: the evaluated (defended) model misclassifies ``x_adv`` on at least one of ``draws``
+    calls (a randomized model: the image survives only if it survives every draw). An image that is no
+    image (NaN, Inf or pixels outside [0, 1]) or that the model maps to non-finite logits is never a
+    success: the attack's batch is refused (recorded as a crash, never counted as robustness or success)."""
+    flat = x_adv.detach().flatten(1)
+    bad = int((~(torch.isfinite(flat) & (flat >= 0) & (flat <= 1)).all(1)).sum())
+    if bad:
+        raise ValueError(f"{label} returned {bad} adversarial image(s) with NaN, Inf or pixels outside [0, 1]: "
+                         "not scored")
+    wrong = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    with torch.no_grad():
+        for _ in range(draws):
+            logits = score_model(x_adv)
+            bad = int((~torch.isfinite(logits).all(1)).sum())
+            if bad:
+                raise ValueError(f"the model returns NaN or Inf logits on {bad} adversarial image(s) of {label}: "
+                                 "not scored")
+            wrong |= logits.argmax(dim=1) != y
+    return wrong
 
 
 def attack_batch(spec: AttackSpec, attack_model: nn.Module, score_model: nn.Module, x: Tensor, y: Tensor,
@@ -70,7 +91,7 @@ def attack_batch(spec: AttackSpec, attack_model: nn.Module, score_model: nn.Modu
             x_adv = x.clone()
             x_adv[todo] = x_run.to(x.dtype)
             success = torch.zeros_like(todo)
-            success[todo] = misclassified(score_model, x_run, ys, draws)  # scored on the evaluated (defended) model
+            success[todo] = scored_success(spec.label, score_model, x_run, ys, draws)  # scored on the evaluated (defended) model
             for t in trackers[v].values():
                 t.update(x_adv, success)
             by_budget[v].append(int(success.sum()))

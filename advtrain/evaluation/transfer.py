@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks.base import AttackContext, frozen_eval
-from ..attacks.features import find_layers
 from ..attacks.losses import get_loss
 from ..ops.norms import l2_norm, linf_norm
 from ..distributed import batch_seed, broadcast, dist_info, gather, my_batches
@@ -73,19 +71,24 @@ def check_zoo(specs: list[AttackSpec], sources: dict[str, nn.Module], targets: d
                          f"source(s) and {len(targets)} target(s) (empty zoo?)")
     if not specs:
         raise ValueError("transfer needs at least one attack")
-    widths = {}
+    other = [f"{s.label} ({s.family})" for s in specs if s.family != "distortion"]
+    if other:
+        raise ValueError(f"transfer crafts adversarials at a fixed budget; {', '.join(other)} are not distortion "
+                         "attacks (minimum-norm or unrestricted): use a suite of budgeted attacks (e.g. transfer_mnist)")
+    widths, logits = {}, {}
     for name, m in {**sources, **targets}.items():
         with frozen_eval(m), torch.no_grad():
-            widths[name] = int(m(x[:1]).shape[1])
+            logits[name] = m(x[:1])
+            widths[name] = int(logits[name].shape[1])
     if len(set(widths.values())) > 1:
         raise ValueError("source and target models must have the same number of classes, got "
                          + ", ".join(f"{k}: {v}" for k, v in widths.items()))
     for s in specs:
-        layer = s.options.get("layer")
+        check = getattr(s.build(s.runs()[0]), "check_model", None)  # e.g. the tapped layer exists
         for name, m in sources.items():
-            if layer is not None:
+            if check is not None:
                 try:
-                    find_layers(m, [layer])
+                    check(m, logits[name])
                 except ValueError as e:
                     raise ValueError(f"attack {s.label!r} on source {name!r}: {e}") from None
     return next(iter(widths.values()))
@@ -170,6 +173,23 @@ def summarize(results: dict) -> dict:
     return summary
 
 
+def previous_cells(path: Path, ctx: dict) -> dict:
+    """The finished cells of ``path`` (an earlier run on the same images and settings), or ``{"error": ...}``:
+    a transfer.json that does not parse, or holds another evaluation, is kept, never overwritten."""
+    keep = "it is kept; choose another --out (or move it away)"
+    try:
+        old = json.loads(path.read_text())
+        cells = old["cells"]
+        assert isinstance(old["context"], dict) and isinstance(cells, dict)
+    except (ValueError, KeyError, TypeError, AssertionError, OSError):
+        return {"error": f"{path} is not a readable transfer.json (damaged or truncated): {keep}"}
+    same = {k: old["context"].get(k) for k in ("indices", "quantize", "batch_size")}
+    if same != _canon({k: ctx[k] for k in same}):
+        differ = ", ".join(k for k in same if same[k] != _canon(ctx[k]))
+        return {"error": f"{path} holds a transfer evaluation of other {differ}: {keep}"}
+    return cells
+
+
 def transfer_matrix(specs: list[AttackSpec], sources: dict[str, nn.Module], targets: dict[str, nn.Module],
                     x: Tensor, y: Tensor, *, seeds: list[int] = (0,), batch_size: int = 100,
                     quantize: bool = True, out_dir: str | Path | None = None, context: dict | None = None,
@@ -206,15 +226,11 @@ def transfer_matrix(specs: list[AttackSpec], sources: dict[str, nn.Module], targ
            "sources": {k: hashes[k] for k in sources}, "targets": {k: hashes[k] for k in targets},
            "attacks": [label for label, _, _ in runs]}
     out_path = Path(out_dir) / "transfer.json" if out_dir is not None else None
-    results: dict[str, Any] = {"context": ctx, "cells": {}}
-    if rank == 0 and out_path is not None and out_path.is_file():
-        old = json.loads(out_path.read_text())
-        same = {k: old.get("context", {}).get(k) for k in ("indices", "quantize", "batch_size")}
-        if same == _canon({k: ctx[k] for k in same}):
-            results["cells"] = old.get("cells", {})
-        else:
-            warnings.warn(f"{out_path} is from other images or settings: starting afresh")
-    results = broadcast(results)
+    previous = broadcast(previous_cells(out_path, ctx) if rank == 0 and out_path is not None and out_path.is_file()
+                         else {})
+    if "error" in previous:
+        raise ValueError(previous["error"])
+    results: dict[str, Any] = {"context": ctx, "cells": previous}
     results["context"] = ctx
     x_all, y_all = x[X], y[X]
     batches = _chunks(torch.arange(len(X)), batch_size)

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import argparse
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..models.imagenet_lite import LITE, efficientnet_lite_imagenet, foolbox_imagenet_samples
+from ..files import folder_lock
 from .checkpoint import load_checkpoint
+from .guards import check_output_dir
 from ..distributed import dist_info, launch
 from .suite import load_suite
 from .transfer import transfer_matrix
@@ -100,10 +103,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def in_zoo(spec: str, zoo: str | None) -> str:
+    """``spec`` as given, or, when it names no file nor pretrained model, the zoo member of that name."""
+    if zoo is None or spec in LITE or Path(spec).exists():
+        return spec
+    for name in CHECKPOINT_NAMES:
+        if (Path(zoo) / spec / name).is_file():
+            return str(Path(zoo) / spec / name)
+    members = ", ".join(member_label(m) for m in zoo_members(zoo))
+    raise FileNotFoundError(f"model {spec!r} is neither a checkpoint file, a pretrained name ({', '.join(LITE)}) nor "
+                            f"a member of the zoo {zoo} ({members})")
+
+
 def prepare(args: argparse.Namespace) -> dict:
     """Models, images and attacks, validated before any work (one-line errors)."""
+    check_output_dir(args.out)
     zoo = zoo_members(args.zoo) if args.zoo else []
-    sources, targets = args.sources or zoo, args.targets or zoo
+    sources = [in_zoo(s, args.zoo) for s in args.sources] if args.sources else zoo
+    targets = [in_zoo(s, args.zoo) for s in args.targets] if args.targets else zoo
     if not sources or not targets:
         raise ValueError("transfer needs source and target models: pass --zoo DIR or --sources and --targets")
     loaded: dict[str, tuple[nn.Module, dict]] = {}
@@ -143,4 +160,6 @@ def evaluate_transfer(args: argparse.Namespace, job: dict) -> dict:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    launch(evaluate_transfer, args.procs, args, prepare(args))
+    out = check_output_dir(args.out)
+    with folder_lock(out, "transfer evaluation") if int(os.environ.get("RANK", "0")) == 0 else nullcontext():
+        launch(evaluate_transfer, args.procs, args, prepare(args))

@@ -23,6 +23,16 @@ DECODER_KEYS = {"encoder", "out", "dataset", "encoder_epochs", "steps", "batch_s
                 "style_weight", "seed", "checkpoint_every"}
 
 
+def check_output_file(path: str | Path) -> Path:
+    """``path`` can be written as a file: not a folder, its folder writable (checked before any fitting)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder: give the file to write (e.g. {path / 'file.safetensors'})")
+    from ..evaluation.guards import check_output_dir
+    check_output_dir(path.parent)
+    return path
+
+
 def train_split(dataset: str, batch_size: int = 256):
     from ..data import build_datamodule
 
@@ -35,11 +45,12 @@ def stats_command(args: argparse.Namespace) -> Path:
     from ..evaluation.checkpoint import load_checkpoint
     from .stats import fit_activation_stats
 
+    out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent / "d2b_stats.safetensors"
+    check_output_file(out)
     model, _, dm_hp = load_checkpoint(args.ckpt)
     dm = train_split(args.data or dm_hp.get("dataset") or "mnist_embedded")
     start = time.perf_counter()
     stats = fit_activation_stats(model, dm.train_dataloader(), args.layers)
-    out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent / "d2b_stats.safetensors"
     stats.save(out)
     print(f"activation statistics of {', '.join(stats.layers)} over {stats.count} images: {out} "
           f"(fitted in {time.perf_counter() - start:.1f} s)")
@@ -60,13 +71,30 @@ def load_decoder_config(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"decoder config not found: {path}")
-    cfg = yaml.safe_load(path.read_text()) or {}
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: a decoder config is a YAML mapping of {', '.join(sorted(DECODER_KEYS))}")
     bad = sorted(set(cfg) - DECODER_KEYS)
     if bad:
         raise ValueError(f"{path}: unknown key {', '.join(bad)}; valid keys: {', '.join(sorted(DECODER_KEYS))}")
     for key in ("encoder", "out"):
         if key not in cfg:
             raise ValueError(f"{path}: missing key {key!r}")
+    from ..attacks.base import check_count, check_positive
+    try:  # types and ranges now, not after the encoder trained
+        for key in ("encoder_epochs", "steps", "batch_size", "hidden", "checkpoint_every"):
+            if key in cfg:
+                check_count(key, cfg[key])
+        for key in ("lr", "style_weight"):
+            if key in cfg:
+                check_positive(key, cfg[key], allow_zero=key == "style_weight")
+        if not isinstance(cfg.get("seed", 0), int) or isinstance(cfg.get("seed", 0), bool):
+            raise TypeError(f"seed must be an integer, got {cfg['seed']!r}")
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{path}: {e}") from None
     return cfg
 
 
@@ -74,6 +102,7 @@ def decoder_command(args: argparse.Namespace) -> Path:
     from .decoder import fit_style_decoder
 
     cfg = load_decoder_config(args.config)
+    check_output_file(cfg["out"])
     dataset = cfg.get("dataset", "mnist_embedded")
     if not Path(cfg["encoder"]).is_file():
         train_encoder(cfg["encoder"], dataset, cfg.get("encoder_epochs", 3), cfg.get("seed", 0))
@@ -104,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "stats":
         stats_command(args)
     elif args.command == "encoder":
+        from ..attacks.base import check_count
+        check_count("--epochs (an untrained encoder is no encoder)", args.epochs)
+        check_output_file(args.out)
         train_encoder(args.out, epochs=args.epochs)
     else:
         decoder_command(args)

@@ -10,6 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..files import atomic_write
+from ..models.fingerprint import CHECKSUM, check_checksum, check_finite_state, weights_sha256
+
 
 def weights_hash(model: nn.Module) -> str:
     """SHA-256 (first 16 hex digits) of the parameters' and buffers' names, dtypes, shapes and values."""
@@ -27,11 +30,9 @@ def save_artifact(path: str | Path, tensors: dict[str, Tensor], kind: str, meta:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"kind": kind, **{k: json.dumps(v) for k, v in meta.items()}})
-    tmp.replace(path)
-    return path
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    metadata = {"kind": kind, CHECKSUM: weights_sha256(tensors), **{k: json.dumps(v) for k, v in meta.items()}}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_artifact(path: str | Path, kind: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -50,7 +51,9 @@ def load_artifact(path: str | Path, kind: str) -> tuple[dict[str, Tensor], dict[
         raise ValueError(f"{path} is not a safetensors file ({type(e).__name__})") from None
     if raw.get("kind") != kind:
         raise ValueError(f"{path} holds {raw.get('kind', 'no advtrain artifact')!r}, not {kind!r}")
-    return tensors, {k: json.loads(v) for k, v in raw.items() if k != "kind"}
+    check_finite_state(tensors, f"{kind} file {path}")
+    check_checksum(tensors, raw.get(CHECKSUM), f"{kind} file {path}")
+    return tensors, {k: json.loads(v) for k, v in raw.items() if k not in ("kind", CHECKSUM)}
 
 
 def check_bound_to(meta: dict[str, Any], model: nn.Module, what: str, path: str | Path) -> None:

@@ -128,6 +128,15 @@ def fit_style_decoder(encoder: str | Path, out: str | Path, x: Tensor, y: Tensor
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
 
+    from ..attacks.base import check_count, check_positive  # here: advtrain.attacks imports this module
+
+    check_count("steps (an untrained decoder is no decoder)", steps)
+    for name, value in (("batch_size", batch_size), ("hidden", hidden), ("checkpoint_every", checkpoint_every)):
+        check_count(name, value)
+    check_positive("lr", lr)
+    check_positive("style_weight", style_weight, allow_zero=True)
+    if len(y) < batch_size:
+        raise ValueError(f"the decoder needs at least batch_size={batch_size} training images, got {len(y)}")
     out = Path(out)
     ckpt_dir = out.with_name(out.stem + "_ckpt")
     pl.seed_everything(seed, verbose=False)

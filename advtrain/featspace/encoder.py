@@ -68,6 +68,8 @@ class Encoder:
     @classmethod
     def load(cls, path: str | Path) -> "Encoder":
         tensors, meta = load_artifact(path, KIND)
+        if "channel_std" not in tensors or not bool((tensors["channel_std"] > 0).all()):
+            raise ValueError(f"{path}: the encoder's channel std must be > 0 (it normalizes by it): refit it")
         net = MnistVggMini(int(meta["in_channels"]), int(meta["width"]))
         net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         return cls(net, tensors["channel_mean"], tensors["channel_std"])
@@ -76,8 +78,15 @@ class Encoder:
 def fit_encoder(batches: Iterable, epochs: int = 3, lr: float = 1e-3, width: int = 32, seed: int = 0,
                 progress: bool = True) -> Encoder:
     """Train ``MnistVggMini`` as a classifier (Adam, cross-entropy) on ``batches`` of (x, y)."""
+    from ..attacks.base import check_count, check_positive  # here: advtrain.attacks imports this module
+
+    check_count("epochs (an untrained encoder is no encoder)", epochs)
+    check_count("width", width)
+    check_positive("lr", lr)
     torch.manual_seed(seed)
     data = list(batches)
+    if not data:
+        raise ValueError("the encoder needs training images, got none")
     net = MnistVggMini(data[0][0].shape[1], width)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     bar = None

@@ -50,7 +50,17 @@ class ActivationStats:
         tensors, meta = load_artifact(path, KIND)
         if model is not None:
             check_bound_to(meta, model, "activation statistics", path)
-        layers = meta["layers"]
+        layers = meta.get("layers")
+        if not isinstance(layers, list) or any(f"{k}/{s}" not in tensors for k in layers for s in ("mean", "std")):
+            raise ValueError(f"{path}: activation statistics without the mean and std of every plane they name")
+        for k in layers:
+            if bool((tensors[f"{k}/std"] < 0).any()):
+                raise ValueError(f"{path}: plane {k!r} has a negative std (a std is >= 0): the file was modified; "
+                                 "refit it (python -m advtrain.featspace stats)")
+            if tensors[f"{k}/std"].shape != tensors[f"{k}/mean"].shape:
+                raise ValueError(f"{path}: plane {k!r} has a std of another shape than its mean: refit it")
+        if not isinstance(meta.get("count"), int) or meta["count"] < 1:
+            raise ValueError(f"{path}: activation statistics over {meta.get('count')!r} images: refit them")
         return cls({k: tensors[f"{k}/mean"] for k in layers}, {k: tensors[f"{k}/std"] for k in layers},
                    int(meta["count"]), meta["model_hash"])
 

@@ -54,13 +54,31 @@ def load_state_dict_safely(path: str | Path) -> dict:
     return obj
 
 
+def state_mismatch(module: nn.Module, state: dict) -> str:
+    """Why ``state`` does not fit ``module``, in one line: the first tensor of another shape (both
+    shapes), then how many are missing or unexpected (the first of each)."""
+    own = module.state_dict()
+    parts = [f"tensor {k!r} is {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+             for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)][:1]
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) of the model missing from the file (first {missing[0]!r})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensor(s) of the file not in the model (first {unexpected[0]!r})")
+    return "; ".join(parts) or "the tensors do not fit"
+
+
+def load_fitting(module: nn.Module, state: dict, what: str) -> None:
+    """``module.load_state_dict(state)``; a mismatch is one ``ValueError`` line: ``what``, then why."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError:
+        raise ValueError(f"{what}: {state_mismatch(module, state)}") from None
+
+
 def _load_weights(net: nn.Module, weights: str | Path) -> None:
     """``net.load_state_dict`` of a weights file; a mismatch is one line naming the file."""
-    try:
-        net.load_state_dict(load_state_dict_safely(weights))
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())
-        raise ValueError(f"weights file {weights} does not fit {type(net).__name__}: {detail[:300]}") from None
+    load_fitting(net, load_state_dict_safely(weights), f"weights file {weights} does not fit {type(net).__name__}")
 
 
 def _timm(name: str, num_classes: int, pretrained: bool, weights: str | None) -> tuple[nn.Module, tuple, tuple]:

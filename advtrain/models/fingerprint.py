@@ -36,3 +36,17 @@ def check_finite_state(state: Mapping[str, Tensor], where: str) -> None:
             bad = int((~torch.isfinite(t)).sum())
             raise ValueError(f"{where}: tensor {name!r} has {bad} non-finite (NaN/Inf) values of {t.numel()}: "
                              "the file is corrupted or the training diverged")
+
+
+#: the safetensors metadata key of a file's content hash (``weights_sha256`` of its tensors), written at save
+CHECKSUM = "content_sha256"
+
+
+def check_checksum(tensors: Mapping[str, Tensor], stored: str | None, where: str) -> None:
+    """Refuse a file whose tensors do not hash to the checksum stored when it was written (edited or
+    damaged after writing), or that has none (written by an older advtrain: refit it)."""
+    if stored is None:
+        raise ValueError(f"{where} has no content checksum (written by an older advtrain or by hand): refit it")
+    if weights_sha256(tensors) != stored:
+        raise ValueError(f"{where} does not match the content checksum stored when it was written: the file was "
+                         "modified or damaged; refit it")

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..data import build_datamodule
+from ..files import atomic_write
 from ..models import build_model
 from .inner_attack import adversarial_loss, build_inner_attack
 
@@ -102,9 +103,7 @@ def cached_model(recipe: Recipe, cache_dir: str | Path, log: bool = False) -> nn
     t0 = time.perf_counter()
     model = train_plain(recipe, log=log)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
     info = {**asdict(recipe), "train_seconds": round(time.perf_counter() - t0, 1),
             "threads": torch.get_num_threads()}
     path.with_suffix(".json").write_text(json.dumps(info, indent=1))
