@@ -340,6 +340,8 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
     x_all, y_all = _collect(dataloader, n)
     device = next(iter(model.parameters()), torch.zeros(0)).device
     x_all, y_all = x_all.to(device), y_all.to(device)
+    with _eval_mode(model):  # before any other forward: a model that cannot take these images is one line
+        check_model_on(model, x_all[:batch_size], y_all[:batch_size])
     with _eval_mode(model), _eval_mode(attack_model):  # randomized? (rank 0's answer for all)
         draws = broadcast(plan_draws(model, attack_model, x_all[:batch_size], eot_samples, score_draws))
     if draws["eot_samples"] > 1:
@@ -351,7 +353,6 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
     stores = _resumed_adversarials(out, bool(results["attacks"]))
 
     with _eval_mode(model):
-        check_model_on(model, x_all[:batch_size], y_all[:batch_size])
         check_attacks_on(specs, attack_model, x_all[:batch_size])
         X = _clean_set(model, x_all, y_all, batch_size, seed, draws["score_draws"])
         results["context"].update(n=len(X), accuracy=len(X) / max(len(y_all), 1), indices=X.tolist())
