@@ -133,7 +133,22 @@ class BP(Attack):
     normalises and stage 1 stalls; use ``loss="ce_difference"`` on such over-confident models.
     Returns per sample the successful iterate of least L2 (the final iterate included).
 
-    Variants (``variant``): ``"sphere"`` (default) is Alg. 1-2 except in case OUT where the sphere
+    Variants (``variant``): ``"linear"`` (default, issue 21) replaces Alg. 1's step by one FAB step
+    (``linear_step``: the box-constrained projection onto the plane linearizing the logit gap at y,
+    overshoot ``eta`` = 5, biased towards x by at most ``alpha_max`` = 0.1) and keeps ``sphere``'s stage
+    2; its gradient in stage 1 is the gap's (eq. 2.8), in stage 2 the attack's loss, per sample in
+    the same pass. Why: on advertorch's Madry LeNet5 (``bench/bp_variants.py lenet5``, 200 digits),
+    Alg. 1's successive normalized gradients are nearly orthogonal (median cosine 0.05), so its
+    fixed steps random-walk (||y - x|| 1.1, 2.2, 4.3 after 1, 5, 20 steps of a 34-long path) and
+    only 69 of 200 cross; along n(g) at x the gap follows its linearization to ~0.1 only, then
+    flattens (7.7 -> 6.2 at length 3, where it predicts -2.9). Momentum, shorter steps, and the
+    gap or margin loss instead of CE did not help (<= 0.36 success); the box-constrained projection
+    (it saturates the pixels of largest gradient) crosses where the gradient walk cannot.
+    Quantized BP-20, P_suc / D-bar (P(D <= 2)), linear vs thesis: Madry LeNet5 1.000 / 1.708 vs
+    0.360 / 2.573 (0.125); BP-100 linear 1.445 vs DDN-300 1.980, FMN-300 FMN300 (FAB-T in the
+    reliable suite: 1.00 / 1.68); clean C4 (246 correct of 256) C4LIN vs C4THESIS; EfficientNet-Lite1 /
+    Lite2 LITELIN vs LITETHESIS; the linear model's optimum within 1.05x (tests).
+    ``"sphere"`` is Alg. 1-2 except in case OUT where the sphere
     ||z - x|| = eps misses the plane (|rho| > eps): it steps to the sphere's point closest to the
     plane instead of v* (which is y itself when r is parallel to g: the thesis' BP then never moves
     again). ``"thesis"`` is Alg. 1-2 exactly. ``"projected"`` (thesis otherwise) restricts stage 1's
@@ -149,14 +164,14 @@ class BP(Attack):
       (both 0.353); BP-100 sphere 2.292, DDN-100 2.322;
       EfficientNet-Lite1 / Lite2 (foolbox's ImageNet images, 20 / 17 correct), BP-20: 0.2324 / 0.2312
       for both (DDN-20: 0.621 / 0.608).
-    Equal or lower D-bar everywhere and no stall, hence the default; the default training run
+    Equal or lower D-bar everywhere and no stall, hence the default before ``linear``; the default training run
     (clean C4, then BP-20 fine-tuning) trained with either is equally robust under the reliable
     suite (numbers in issue 11's note). ``projected`` showed no gain (cheap Madry C4: 2.519 vs
     2.514). Stage 1 stalling (issue 11: 0.32 success on someone's Madry LeNet) did not occur on
     the Madry models trained here.
 
-    Cost: ``steps`` forward+backward passes, one forward on the last iterate, and a few
-    elementwise bisection steps for Q_OUT.
+    Cost: ``steps`` forward+backward passes, one forward on the last iterate, a few elementwise
+    bisection steps for Q_OUT, and (``linear``) one sort of the pixels per stage-1 step.
     """
 
     name = "bp"
@@ -165,7 +180,7 @@ class BP(Attack):
     default_loss = "ce"
 
     def __init__(self, steps: int = 20, alpha: float = 2.0, gamma_min: float = 0.7,
-                 beta_min: float = 0.1, line_search_steps: int = 8, variant: str = "linear", eta: float = 3.0,
+                 beta_min: float = 0.1, line_search_steps: int = 8, variant: str = "linear", eta: float = 5.0,
                  alpha_max: float = 0.1, **kw) -> None:
         super().__init__(**kw)
         check_positive("eta", eta)
