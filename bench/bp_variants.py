@@ -93,7 +93,7 @@ def walk(model: nn.Module, x: Tensor, y: Tensor, steps: int = 20) -> None:
             med = lambda t: float(t[live].median())  # noqa: E731
             print(f"| {i} | {int(live.sum())} | {med(l2_norm(z - x)):.2f} | {med(cos):.2f} | "
                   f"{med(ce_difference(logits, y)):.2f} | {med(l2_norm(g)):.1e} |")
-        step = quantize(clip_box(z + 2.0 * gamma_schedule(i, steps, 0.7) * g_hat))  # ascent on CE = descent on -CE
+        step = quantize(clip_box(z - 2.0 * gamma_schedule(i, steps, 0.7) * g_hat))  # Alg. 1 on the loss -CE
         z = torch.where(live.view(-1, 1, 1, 1), step, z)
     at = torch.bincount(crossed[crossed >= 0], minlength=steps).tolist()
     print(f"\ncrossed: {int((crossed >= 0).sum())} of {len(y)}; per iteration {at}")
@@ -116,13 +116,17 @@ def mnist_test(n: int) -> tuple[Tensor, Tensor]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("models", nargs="+", help="c4 | imagenet | madry:ARCH:EPOCHS")
+    p.add_argument("models", nargs="+", help="c4 | madry_c4 | lenet5 | lenet5_walk | imagenet | madry:ARCH:EPOCHS")
     p.add_argument("--n", type=int, default=256, help="first N MNIST test images")
     p.add_argument("--lr-lenet", type=float, default=1e-3, help="learning rate of the cached Madry LeNet")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     for spec in args.models:
-        if spec == "lenet5":
+        if spec == "lenet5_walk":  # the stage-1 walk only
+            from advtrain.models.peer_weights import madry_lenet5_mnist
+            model, (x, y) = madry_lenet5_mnist(), lenet5_digits(200)
+            walk(model, x, y)
+        elif spec == "lenet5":
             from advtrain.models.peer_weights import madry_lenet5_mnist
             model, (x, y) = madry_lenet5_mnist(), lenet5_digits(200)
             measure("advertorch's Madry LeNet5 (200 permuted embedded digits)", model, x, y,

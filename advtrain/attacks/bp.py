@@ -145,9 +145,10 @@ class BP(Attack):
     gap or margin loss instead of CE did not help (<= 0.36 success); the box-constrained projection
     (it saturates the pixels of largest gradient) crosses where the gradient walk cannot.
     Quantized BP-20, P_suc / D-bar (P(D <= 2)), linear vs thesis: Madry LeNet5 1.000 / 1.708 vs
-    0.360 / 2.573 (0.125); BP-100 linear 1.445 vs DDN-300 1.980, FMN-300 FMN300 (FAB-T in the
-    reliable suite: 1.00 / 1.68); clean C4 (246 correct of 256) C4LIN vs C4THESIS; EfficientNet-Lite1 /
-    Lite2 LITELIN vs LITETHESIS; the linear model's optimum within 1.05x (tests).
+    0.360 / 2.573 (0.125); BP-100 linear 1.445 vs DDN-300 1.980, FMN-300 2.008 (FAB-T in the
+    reliable suite: 1.00 / 1.68); clean C4 (246 correct of 256) 1.000 / 1.351 vs 1.000 / 1.338 (sphere 1.335:
+    linear is 1 % worse here); EfficientNet-Lite1 /
+    Lite2 not yet re-measured with ``linear``; the linear model's optimum within 1.05x (tests).
     ``"sphere"`` is Alg. 1-2 except in case OUT where the sphere
     ||z - x|| = eps misses the plane (|rho| > eps): it steps to the sphere's point closest to the
     plane instead of v* (which is y itself when r is parallel to g: the thesis' BP then never moves
