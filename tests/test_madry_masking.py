@@ -53,7 +53,7 @@ def test_full_madry_recipe_is_robust(madry_full, mnist_dm):
     assert float((~res.success).float().mean()) > 0.5
 
 
-@pytest.mark.parametrize("variant", ["thesis", "projected", "sphere", "linear"])
+@pytest.mark.parametrize("variant", ["thesis", "projected", "sphere"])
 def test_bp20_variants_reach_the_boundary_on_the_cheap_madry_model(madry_c4, madry_batch, variant):
     """Every BP variant succeeds on every image at 20 iterations, quantized (measured 1.000 on 200
     images for both; D-bar 2.51 / 2.52), below DDN-20's 0.47 success at the same budget."""
