@@ -148,7 +148,8 @@ class BP(Attack):
     0.360 / 2.573 (0.125); BP-100 linear 1.445 vs DDN-300 1.980, FMN-300 2.008 (FAB-T in the
     reliable suite: 1.00 / 1.68); clean C4 (246 correct of 256) 1.000 / 1.351 vs 1.000 / 1.338 (sphere 1.335:
     linear is 1 % worse here); EfficientNet-Lite1 /
-    Lite1: 0.650 / 0.306 vs 1.000 / 0.230 (a regression: hence not the default); the linear
+    Lite1 / Lite2: 0.650 / 0.306 and 0.882 / 0.259 vs 1.000 / 0.230 and 1.000 / 0.233 (a regression:
+    hence not the default); the linear
     model's optimum within 1.05x (tests).
     ``"sphere"`` (default) is Alg. 1-2 except in case OUT where the sphere
     ||z - x|| = eps misses the plane (|rho| > eps): it steps to the sphere's point closest to the
