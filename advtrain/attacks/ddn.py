@@ -40,6 +40,13 @@ class DDN(Attack):
     0.93 (per step) vs 1.00 (never rounded) on a converged Madry LeNet compares against the
     real-valued images, which the 8-bit protocol does not score.
 
+    Gradient-masked models (issue 21): on advertorch's Madry LeNet5 (``bench/bp_variants.py lenet5``,
+    200 digits, quantized) DDN-20 succeeds on 0.080 (the logit-gap loss: also 0.080), DDN-300 on
+    0.980 (D-bar 1.980): the cause is BP's (fixed-length normalized-gradient steps random-walk where
+    successive gradients are nearly orthogonal), but the cure, a step onto the linearized boundary,
+    is not DDN's algorithm, so DDN stays as published; use ``bp`` with ``variant="linear"`` (1.000 at
+    20 iterations) or FAB on such models.
+
     Cost: ``steps`` forward+backward passes and one extra forward on the last iterate.
     """
 
