@@ -78,7 +78,7 @@ def test_a_string_flag_in_the_training_attack_options_is_refused():
 
 @pytest.mark.parametrize("value", ["no", 1])
 def test_pixel_deflection_use_map_must_be_a_boolean(value):
-    one_line(lambda: build_defense("pixel_deflection", use_map=value), "use_map must be true or false")
+    one_line(lambda: build_defense("pixel_deflection", use_map=value), "option 'use_map' must be true or false")
     assert build_defense("pixel_deflection", use_map=np.bool_(False)).use_map is False
 
 
@@ -355,13 +355,13 @@ def test_a_smooth_attack_checks_its_graph_options_at_construction(name):
 
 # ------------------------------------------------------------------ 7. defense options name the option
 @pytest.mark.parametrize("name,kw,msg", [
-    ("median", dict(size="abc"), "size must be an integer >= 2, got 'abc'"),
+    ("median", dict(size="abc"), "option 'size' must be an integer, got str 'abc'"),
     ("median", dict(size=1), "size must be an integer >= 2, got 1"),
     ("bit_depth", dict(bits=9), "bits must be an integer in 1..8, got 9"),
-    ("bit_depth", dict(bits=2.5), "bits must be an integer in 1..8, got 2.5"),
+    ("bit_depth", dict(bits=2.5), "option 'bits' must be an integer, got float 2.5"),
     ("pixel_deflection", dict(window=0), "window must be an integer >= 1, got 0"),
     ("pixel_deflection", dict(deflections=-1), "deflections must be an integer >= 0, got -1"),
-    ("pixel_deflection", dict(sigma="a"), "sigma must be a number, got str 'a'"),
+    ("pixel_deflection", dict(sigma="a"), "option 'sigma' must be a number, got str 'a'"),
     ("bilateral", dict(radius=0), "radius must be an integer >= 1, got 0"),
     ("bilateral", dict(sigma_r=0.0), "sigma_r must be > 0 and finite, got 0.0"),
 ])
