@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from advtrain.attacks import build_attack
+from batches import correctly_classified
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -10,10 +11,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def lenet5_batch(madry_lenet5, mnist_test_batch):
     """The first 32 embedded-MNIST test images (the shared session batch) the LeNet5 classifies correctly."""
-    x, y = mnist_test_batch
-    with torch.no_grad():
-        ok = madry_lenet5(x).argmax(1) == y
-    return x[ok][:32], y[ok][:32]
+    return correctly_classified(madry_lenet5, *mnist_test_batch, 32)[:2]
 
 
 @pytest.mark.parametrize("variant, reaches", [("linear", True), ("thesis", False)])

@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from advtrain.attacks import build_attack
+from batches import correctly_classified
 from advtrain.training.plain_loop import MADRY_PGD, madry_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -15,10 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def madry_batch(madry_c4, mnist_test_batch):
     """The first 64 test images the Madry C4 classifies correctly (and the clean accuracy)."""
-    x, y = mnist_test_batch
-    with torch.no_grad():
-        keep = madry_c4(x).argmax(1) == y
-    return x[keep][:64], y[keep][:64], float(keep.float().mean())
+    return correctly_classified(madry_c4, *mnist_test_batch, 64)
 
 
 def test_madry_fixture_is_adversarially_trained(madry_c4, madry_batch, mnist_test_batch):
