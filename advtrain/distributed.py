@@ -7,8 +7,11 @@ way (same images, same seed) whatever the number of processes, so N processes gi
 from __future__ import annotations
 
 import os
+import pickle
 import sys
+import tempfile
 import zlib
+from pathlib import Path
 from typing import Any, Callable
 
 import torch.distributed as dist
@@ -60,6 +63,32 @@ def _call(fabric: Any, fn: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
+def _call_via_file(fabric: Any, fn: Callable[..., Any], *args: Any) -> str | None:
+    """``_call`` in a forked/spawned rank: rank 0's result goes back as the path of a pickle file.
+
+    The launcher hands rank 0's result to the parent through a pipe that the parent reads only after
+    joining every process: a result over the pipe's buffer (64 KiB: a results dict with per-image
+    arrays) blocks rank 0 in its ``put`` forever and the parent in its ``join``. A path always fits.
+    """
+    result = _call(fabric, fn, *args)
+    if fabric.global_rank != 0:
+        return None
+    fd, path = tempfile.mkstemp(prefix="advtrain-result-", suffix=".pkl")
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def _read_result(path: str | None) -> Any:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    finally:
+        Path(path).unlink(missing_ok=True)
+
+
 def launch(fn: Callable[..., Any], procs: int, *args: Any) -> Any:
     """``fn(*args)`` on ``procs`` CPU processes (gloo) by Lightning Fabric's launcher; returns rank 0's result.
 
@@ -73,17 +102,19 @@ def launch(fn: Callable[..., Any], procs: int, *args: Any) -> Any:
     if isinstance(procs, bool) or not isinstance(procs, int) or procs < 1:
         raise ValueError(f"procs (processes) must be an int >= 1, got {procs!r}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():  # torchrun
+    if world > 1 and not dist.is_initialized():  # torchrun: this process is a rank, fn's result stays here
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         fabric = Fabric(accelerator="cpu", strategy="ddp", devices=local, num_nodes=world // local)
+        body, read = _call, (lambda result: result)
     elif procs > 1:
         strategy = "ddp_fork" if sys.platform.startswith("linux") else "ddp_spawn"
         fabric = Fabric(accelerator="cpu", strategy=strategy, devices=procs, num_nodes=1)
+        body, read = _call_via_file, _read_result
     else:
         return fn(*args)
     port_was_set = "MASTER_PORT" in os.environ
     try:
-        return fabric.launch(_call, fn, *args)
+        return read(fabric.launch(body, fn, *args))
     finally:
         if not port_was_set:  # Fabric's launcher leaves its free port in the environment: the next picks anew
             os.environ.pop("MASTER_PORT", None)

@@ -23,6 +23,16 @@ def test_two_processes_form_a_group_and_rank_0s_result_comes_back():
     assert launch(ranks_seen, 1, "y") == ("y", (0, 1), [0])  # one process: here, no group
 
 
+def a_megabyte_result() -> bytes:
+    return bytes(range(256)) * 4096 if dist_info()[0] == 0 else b""
+
+
+def test_a_result_larger_than_a_pipe_buffer_comes_back_without_a_hang():
+    """The launcher's queue to the parent is a pipe (64 KiB) read only after every process joins: a result
+    sent through it blocked rank 0 forever (evaluate.py --procs 2 hung after writing its results)."""
+    assert launch(a_megabyte_result, 2) == bytes(range(256)) * 4096
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork (ddp_fork) is the Linux launcher")
 def test_a_failing_rank_raises_in_the_caller_with_its_message():
     def fail_on_rank_1() -> None:  # a closure: runs only because forked processes need no pickling

@@ -5,6 +5,7 @@ import inspect
 import numbers
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from ..registry import Registry
@@ -21,18 +22,18 @@ def build_defense(name: str, **options: Any) -> nn.Module:
     return DEFENSES.build(name, **options)
 
 
-_KINDS = ((bool, (bool,), "true or false"), (int, (numbers.Integral,), "an integer"),
+_KINDS = ((bool, (bool, np.bool_), "true or false"), (int, (numbers.Integral,), "an integer"),
           (float, (numbers.Real,), "a number"))
 
 
 def check_option_types(factory: Any, options: dict[str, Any], what: str) -> None:
-    """Each option given the type of its default in ``factory``'s signature (bool, int or float; a numpy
-    integer is an integer, an integer a number; a default of None leaves the option free)."""
+    """Each option given the type of its default in ``factory``'s signature (bool, int or float; numpy's bool
+    is a bool, a numpy integer an integer, an integer a number; a default of None leaves the option free)."""
     params = inspect.signature(factory).parameters
     for key, value in options.items():
         default = params[key].default if key in params else None
         for kind, accepted, words in _KINDS:
             if type(default) is kind:
-                if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):
+                if not isinstance(value, accepted) or (kind is not bool and isinstance(value, (bool, np.bool_))):
                     raise TypeError(f"{what}: option {key!r} must be {words}, got {type(value).__name__} {value!r}")
                 break
