@@ -36,10 +36,12 @@ from advtrain.training.plain_loop import madry_recipe  # noqa: E402
 
 D_UPP = 2.0
 BP = [("bp-20 thesis", "bp", {"steps": 20, "variant": "thesis"}), ("bp-20 sphere", "bp", {"steps": 20, "variant": "sphere"}),
-      ("bp-20 linear", "bp", {"steps": 20, "variant": "linear"})]
+      ("bp-20 linear", "bp", {"steps": 20, "variant": "linear"}),
+      ("bp-20 switch", "bp", {"steps": 20, "variant": "switch"})]
 DDN20 = [("ddn-20", "ddn", {"steps": 20})]
 MORE = [("bp-100 sphere", "bp", {"steps": 100, "variant": "sphere"}), ("ddn-100", "ddn", {"steps": 100})]
-HEADLINE = [("bp-100 linear", "bp", {"steps": 100, "variant": "linear"}), ("ddn-300", "ddn", {"steps": 300}),
+HEADLINE = [("bp-100 linear", "bp", {"steps": 100, "variant": "linear"}),
+            ("bp-100 switch", "bp", {"steps": 100, "variant": "switch"}), ("ddn-300", "ddn", {"steps": 300}),
             ("fmn-300", "fmn_l2", {"steps": 300})]
 
 

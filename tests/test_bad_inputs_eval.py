@@ -188,15 +188,21 @@ def test_two_evaluations_started_into_one_folder_at_once(files, tmp_path):
 # ------------------------------------------------------------------ 3. Ctrl-C mid-suite
 def test_sigint_after_the_first_attack_writes_its_report_and_exits_non_zero(files, tmp_path):
     out = tmp_path / "ev"
+    # SIGINT restored to its default in the child: a suite started in the background of a non-interactive
+    # shell (nohup ... &) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen(evaluate_cmd("--ckpt", str(files["good"]), "--suite", suite_file(tmp_path, SLOW_FGSM_SUITE),
                                          "--n", "8", "--out", str(out), "--no-progress"),
-                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not (out / "results.json").is_file() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert (out / "results.json").is_file(), proc.stderr.read() if proc.poll() is not None else "no results.json"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "results.json").is_file() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert (out / "results.json").is_file(), proc.stderr.read() if proc.poll() is not None else "no results.json"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # never left running (its suite attacks for hours) when an assertion fails
     assert proc.returncode == 130, err[-1500:]
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "interrupted: 1 finished attack(s) (fgsm)" in lines[0], err[-1500:]

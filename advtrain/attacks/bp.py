@@ -99,11 +99,11 @@ def linear_step(x: Tensor, y: Tensor, f: Tensor, w: Tensor, eta: float, alpha_ma
     return clip_box((1.0 - a) * (y + eta * d1) + a * (x + eta * d2))
 
 
-#: ``linear``: stage 1 projects onto the linearized logit gap (``linear_step``), stage 2 as
-#: ``sphere``; ``sphere`` (default): case OUT steps to the sphere's point nearest the plane when the sphere
-#: misses it; ``thesis``: Alg. 1-2 exactly; ``projected``: stage 1 steps along n(g) restricted to the
-#: box's free coordinates (see the class docstring for the variants' numbers)
-VARIANTS = ("thesis", "projected", "sphere", "linear")
+#: ``switch`` (default): Alg. 1's first step, then ``linear``'s; ``linear``: stage 1 projects onto the
+#: linearized logit gap (``linear_step``), stage 2 as ``sphere``; ``sphere``: case OUT steps to the sphere's
+#: point nearest the plane when the sphere misses it; ``thesis``: Alg. 1-2 exactly; ``projected``: stage 1
+#: steps along n(g) restricted to the box's free coordinates (the class docstring has the numbers)
+VARIANTS = ("thesis", "projected", "sphere", "linear", "switch")
 
 
 @register_attack("bp")
@@ -133,48 +133,27 @@ class BP(Attack):
     normalises and stage 1 stalls; use ``loss="ce_difference"`` on such over-confident models.
     Returns per sample the successful iterate of least L2 (the final iterate included).
 
-    Variants (``variant``): ``"linear"`` (issue 21; for gradient-masked models) replaces Alg. 1's step by one FAB step
-    (``linear_step``: the box-constrained projection onto the plane linearizing the logit gap at y,
-    overshoot ``eta`` = 5, biased towards x by at most ``alpha_max`` = 0.1) and keeps ``sphere``'s stage
-    2; its gradient in stage 1 is the gap's (eq. 2.8), in stage 2 the attack's loss, per sample in
-    the same pass. Why: on advertorch's Madry LeNet5 (``bench/bp_variants.py lenet5``, 200 digits),
-    Alg. 1's successive normalized gradients are nearly orthogonal (median cosine 0.05), so its
-    fixed steps random-walk (||y - x|| 1.1, 2.2, 4.3 after 1, 5, 20 steps of a 34-long path) and
-    only 69 of 200 cross; along n(g) at x the gap follows its linearization to ~0.1 only, then
-    flattens (7.7 -> 6.2 at length 3, where it predicts -2.9). Momentum, shorter steps, and the
-    gap or margin loss instead of CE did not help (<= 0.36 success); the box-constrained projection
-    (it saturates the pixels of largest gradient) crosses where the gradient walk cannot.
-    Quantized BP-20, P_suc / D-bar (P(D <= 2)), linear vs thesis: Madry LeNet5 1.000 / 1.708 vs
-    0.360 / 2.573 (0.125); BP-100 linear 1.445 vs DDN-300 1.980, FMN-300 2.008 (FAB-T in the
-    reliable suite: 1.00 / 1.68); clean C4 (246 correct of 256) 1.000 / 1.351 vs 1.000 / 1.338 (sphere 1.335:
-    linear is 1 % worse here); EfficientNet-Lite1 /
-    Lite1 / Lite2: 0.650 / 0.306 and 0.882 / 0.259 vs 1.000 / 0.230 and 1.000 / 0.233 (a regression:
-    hence not the default); the linear
-    model's optimum within 1.05x (tests).
-    ``"sphere"`` (default) is Alg. 1-2 except in case OUT where the sphere
-    ||z - x|| = eps misses the plane (|rho| > eps): it steps to the sphere's point closest to the
-    plane instead of v* (which is y itself when r is parallel to g: the thesis' BP then never moves
-    again). ``"thesis"`` is Alg. 1-2 exactly. ``"projected"`` (thesis otherwise) restricts stage 1's
-    direction to the box's free coordinates before normalizing (components that would push a pixel
-    at 0 down or at 1 up are dropped, so clipping no longer shortens the step below alpha gamma_i).
-    Measured (``bench/bp_variants.py``), quantized, P_suc / D-bar (P(D <= 2)), thesis vs sphere:
-      linear model with a closed-form optimum (tests/test_attacks_minnorm.py), BP-100's worst L2
-      ratio to the optimum: 12.8 vs 1.003;
-      clean C4 (tests' C4, 245 correct of 256), BP-20: 1.000 / 1.323 (0.861) vs 1.000 / 1.321 (0.857);
-      Madry C4 (``madry_recipe("c4", 12)``, Linf PGD-40 accuracy 0.64, 249 correct of 256), BP-20:
-      1.000 / 2.253 (0.398) vs 1.000 / 2.237 (0.390); BP-100 sphere 2.114, DDN-100 2.196;
-      Madry LeNet (lr 1e-4, 12 epochs, PGD-40 accuracy 0.42, 235 correct), BP-20: 2.396 vs 2.378
-      (both 0.353); BP-100 sphere 2.292, DDN-100 2.322;
-      EfficientNet-Lite1 / Lite2 (foolbox's ImageNet images, 20 / 17 correct), BP-20: 0.2324 / 0.2312
-      for both (DDN-20: 0.621 / 0.608).
-    Equal or lower D-bar everywhere and no stall, hence the default; the default training run
-    (clean C4, then BP-20 fine-tuning) trained with either is equally robust under the reliable
-    suite (numbers in issue 11's note). ``projected`` showed no gain (cheap Madry C4: 2.519 vs
-    2.514). Stage 1 stalling (issue 11: 0.32 success on someone's Madry LeNet) did not occur on
-    the Madry models trained here.
+    Variants (``variant``; measurements in ``bench/bp_variants_results.md``):
+      ``"switch"`` (default, issue 21): Alg. 1's step at the first iteration (``switch_after`` = 1),
+      then ``linear``'s stage-1 step for the images that have not crossed; stage 2 as ``sphere``. Where
+      the gradient points at the boundary (clean and Madry C4, ImageNet) Alg. 1's first step crosses
+      and BP is ``sphere``; where it does not (gradient masking) the linear step takes over.
+      Quantized BP-20 on advertorch's Madry LeNet5: 0.995 / 1.700 (``sphere``: 0.340 / 2.464;
+      DDN-300 0.985 / 1.950); elsewhere within 1 % of ``sphere``.
+      ``"linear"``: every stage-1 step is one FAB step (``linear_step``: the box-constrained projection
+      onto the plane linearizing the logit gap at y, overshoot ``eta`` = 5, biased towards x by at most
+      ``alpha_max`` = 0.1); stage 1 takes the gap's gradient (eq. 2.8), stage 2 the attack's loss, per
+      sample in the same pass. Quantized, a linear step that rounding cancels by more than half (a short
+      step spread over many pixels: ~0.03 over ImageNet's 172k rounds back to y, where BP would stay)
+      is replaced by Alg. 1's step (quantization-aware, as Q_IN's beta_min).
+      ``"sphere"``: Alg. 1-2 except in case OUT where the sphere ||z - x|| = eps misses the plane
+      (|rho| > eps): it steps to the sphere's point closest to the plane instead of v* (which is y
+      itself when r is parallel to g: the thesis' BP then never moves again).
+      ``"thesis"``: Alg. 1-2 exactly. ``"projected"`` (thesis otherwise) restricts stage 1's direction
+      to the box's free coordinates before normalizing.
 
     Cost: ``steps`` forward+backward passes, one forward on the last iterate, a few elementwise
-    bisection steps for Q_OUT, and (``linear``) one sort of the pixels per stage-1 step.
+    bisection steps for Q_OUT, and (``linear``, ``switch``) one sort of the pixels per linear step.
     """
 
     name = "bp"
@@ -183,9 +162,10 @@ class BP(Attack):
     default_loss = "ce"
 
     def __init__(self, steps: int = 20, alpha: float = 2.0, gamma_min: float = 0.7,
-                 beta_min: float = 0.1, line_search_steps: int = 8, variant: str = "sphere", eta: float = 5.0,
-                 alpha_max: float = 0.1, **kw) -> None:
+                 beta_min: float = 0.1, line_search_steps: int = 8, variant: str = "switch", eta: float = 5.0,
+                 alpha_max: float = 0.1, switch_after: int = 1, **kw) -> None:
         super().__init__(**kw)
+        self.switch_after = check_count("switch_after", switch_after, minimum=0)
         check_positive("eta", eta)
         if not 0.0 <= alpha_max <= 1.0:
             raise ValueError(f"alpha_max must lie in [0, 1], got {alpha_max}")
@@ -208,8 +188,9 @@ class BP(Attack):
         x = ctx.x
         best = BestTracker(x)
         y = x.clone()
-        linear = self.variant == "linear"
         for i in range(self.steps):
+            # linear: every stage-1 step projects onto the linearized gap; switch: from step switch_after on
+            linear = self.variant == "linear" or (self.variant == "switch" and i >= self.switch_after)
             if linear:  # stage 1 takes the logit gap (its value and gradient), stage 2 the attack's loss
                 stage1 = ~best.found
 
@@ -244,17 +225,25 @@ class BP(Attack):
         return best.result()[0]
 
     def _stage1_step(self, x: Tensor, y: Tensor, g_hat: Tensor | tuple[Tensor, Tensor], gamma: float) -> Tensor:
-        """Alg. 1: y - alpha gamma_i n(g), clipped (and quantized); ``linear``: ``linear_step`` on
-        (gap, its gradient)."""
-        if isinstance(g_hat, tuple):
-            y1 = linear_step(x, y, *g_hat, self.eta, self.alpha_max)
-        else:
+        """Alg. 1: y - alpha gamma_i n(g), clipped (and quantized); ``linear`` / ``switch``: ``linear_step``
+        on (gap, its gradient), where rounding keeps at least half of it (else Alg. 1's step)."""
+        if not isinstance(g_hat, tuple):
             y1 = clip_box(y - self.alpha * gamma * g_hat)
-        return quantize_8bit(y1) if self.quantize else y1
+            return quantize_8bit(y1) if self.quantize else y1
+        f, g = g_hat
+        y1 = linear_step(x, y, f, g, self.eta, self.alpha_max)
+        if not self.quantize:
+            return y1
+        # a short step spread over many pixels (ImageNet: ~0.03 over 172k) rounds back to y: BP would
+        # stay there for good; such a step is replaced by Alg. 1's, which rounding cannot cancel
+        q = quantize_8bit(y1)
+        kept = l2_norm(q - y) > 0.5 * l2_norm(y1 - y)
+        alg1 = quantize_8bit(clip_box(y - self.alpha * gamma * normalize_l2(g)))
+        return torch.where(view_as_batch(kept, y), q, alg1)
 
     def _out_step(self, x: Tensor, y: Tensor, g_hat: Tensor, gamma: float) -> Tensor:
         """Case OUT with Q_OUT (eq. 5.7): y is adversarial, shrink the distortion."""
-        z, v_star = out_target(x, y, g_hat, gamma, sphere=self.variant in ("sphere", "linear"))
+        z, v_star = out_target(x, y, g_hat, gamma, sphere=self.variant not in ("thesis", "projected"))
         return q_out(z, y, x, v_star, self.line_search_steps) if self.quantize else clip_box(z)
 
     def _in_step(self, x: Tensor, y: Tensor, g_hat: Tensor, gamma: float) -> Tensor:
