@@ -113,9 +113,48 @@ NORMS = {"l2": l2_norm, "linf": linf_norm, "l1": l1_norm}
 DUAL_NORMS = {"l2": l2_norm, "linf": l1_norm}
 
 
+def project_l1(x_adv: Tensor, x: Tensor, eps: Tensor | float) -> Tensor:
+    """The exact Euclidean projection of ``x_adv`` onto B_1[x; eps] intersected with the box [0, 1]
+    (Croce & Hein 2021, "Mind the box", Lemma 1); ``eps`` scalar or per sample.
+
+    Unlike L2 and Linf, projecting onto the ball and then clipping is not the projection onto the
+    intersection. With v = x_adv - x, the solution is d_i = sign(v_i) clamp(|v_i| - lam, 0, b_i), b_i
+    the room the box leaves in v_i's direction (1 - x_i or x_i), lam >= 0 the least threshold with
+    ||d||_1 <= eps. phi(lam) = ||d(lam)||_1 is piecewise linear and non-increasing, with breakpoints
+    |v_i| - b_i (coordinate i leaves its bound) and |v_i| (it reaches 0); after sorting them phi is
+    exact at each breakpoint (a cumulative sum of slopes), so lam is found by linear interpolation on
+    the segment where phi crosses eps. Computed in float64 so that ||d||_1 <= eps holds after casting.
+    """
+    shape, dtype = x_adv.shape, x_adv.dtype
+    xf, v = x.flatten(1).double(), (x_adv - x).flatten(1).double()
+    a = v.abs()
+    b = torch.where(v >= 0, 1.0 - xf, xf).clamp_min(0.0)
+    eps_t = torch.as_tensor(eps, dtype=torch.float64, device=x.device).expand(shape[0])
+    room = torch.minimum(a, b)  # the box's projection, d(0)
+    # breakpoints: +1 active coordinate from |v_i| - b_i on, -1 from |v_i| on (where a_i > b_i is false,
+    # |v_i| - b_i <= 0: the coordinate is active from lam = 0)
+    t = torch.cat([a - b, a], dim=1)
+    w = torch.cat([torch.ones_like(a), -torch.ones_like(a)], dim=1)
+    t, order = t.sort(dim=1)
+    active = w.gather(1, order).cumsum(1)  # coordinates moving with lam just after t_j
+    gaps = torch.diff(t, dim=1, prepend=t[:, :1])
+    phi = b.sum(1, keepdim=True) - torch.cat([torch.zeros_like(t[:, :1]), (active[:, :-1] * gaps[:, 1:]).cumsum(1)], 1)
+    over = room.sum(1) > eps_t
+    # the last breakpoint with phi >= eps: lam lies on the segment after it (phi there has slope -active)
+    j = ((phi >= eps_t[:, None]).sum(1) - 1).clamp_min(0)[:, None]
+    lam = t.gather(1, j) + (phi.gather(1, j) - eps_t[:, None]) / active.gather(1, j).clamp_min(1.0)
+    lam = torch.where(over[:, None], lam.clamp_min(0.0), torch.zeros_like(lam))
+    d = torch.sign(v) * torch.minimum((a - lam).clamp_min(0.0), b)
+    return (xf + d).clamp(0.0, 1.0).to(dtype).view(shape)
+
+
+#: the projection onto B_norm[x; eps] intersected with the box, per norm
+PROJECTIONS = {"l2": project_l2, "linf": project_linf, "l1": project_l1}
+
+
 def project_ball(x_adv: Tensor, x: Tensor, eps: Tensor | float, norm: str) -> Tensor:
-    """proj onto B_norm[x; eps] then the box, ``norm`` "l2" or "linf" (thesis eq. 2.14, 2.16)."""
-    return project_l2(x_adv, x, eps) if norm == "l2" else project_linf(x_adv, x, eps)
+    """proj onto B_norm[x; eps] and the box, ``norm`` "l2", "linf" (thesis eq. 2.14, 2.16) or "l1"."""
+    return PROJECTIONS[norm](x_adv, x, eps)
 
 
 def box_radius(x: Tensor, norm: str) -> Tensor:
