@@ -46,6 +46,8 @@ class _State:
     ups: Tensor       # improving steps since the last checkpoint (condition 1)
     reduced: Tensor   # the step size halved at the last checkpoint (condition 2)
     best_f_check: Tensor  # best loss at the last checkpoint (condition 2)
+    topk: Tensor | None = None      # L1: the fraction of coordinates a step moves
+    sparsity: Tensor | None = None  # L1: nonzeros of x_max - x at the last checkpoint
 
     def keep(self, mask: Tensor) -> "_State":
         return _State(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[mask]
@@ -121,22 +123,18 @@ class _APGD(Attack):
             for _ in range(self.restarts):
                 idx = (~done).nonzero().squeeze(1)
                 if idx.numel() == 0:
-                    return self._finish(out)
+                    return self._rounded(out, x) if self.quantize else out
                 self._attack(ctx, idx, loss_t, gen, out, out_f, done)
-        return self._finish(out)  # samples not done hold their x_max
+        return self._rounded(out, x) if self.quantize else out  # samples not done hold their x_max
+
+    def _rounded(self, v: Tensor, x: Tensor) -> Tensor:
+        """The 8-bit image of an iterate ``v`` of the images ``x`` (its rounding)."""
+        return quantize_8bit(v)
 
     def _attack(self, ctx: AttackContext, idx: Tensor, loss_t: Tensor | None, gen: torch.Generator,
                 out: Tensor, out_f: Tensor, done: Tensor) -> None:
         """One APGD run on the samples ``idx``; writes successes (and better x_max) into ``out``."""
-        x, y = ctx.x[idx], ctx.y[idx]
-        t = None if loss_t is None else loss_t[idx]
-        succ_t = None if ctx.targets is None else ctx.targets[idx]
-        start = self._random_start(x, gen)
-        logits, f, g = self._evaluate(ctx, start, y, t, grad=True)
-        eta = torch.full_like(f, 2.0 * self.eps)
-        zeros = torch.zeros_like(f, dtype=torch.long)
-        s = _State(idx, x, y, t, succ_t, start, start, g, f, eta, start, f, g, zeros,
-                   torch.zeros_like(f, dtype=torch.bool), f)
+        s, logits = self._begin(ctx, idx, loss_t, self._random_start(ctx.x[idx], gen), 2.0 * self.eps)
         s = self._retire(ctx, s, logits, out, done)
         checks = checkpoints(self.steps)
         last_check = 0
@@ -146,19 +144,40 @@ class _APGD(Attack):
             z = self._project(s.cur - view_as_batch(s.eta, s.x) * self._direction(s.grad), s.x)
             nxt = z if k == 0 else self._project(
                 s.cur + self.momentum * (z - s.cur) + (1.0 - self.momentum) * (s.cur - s.prev), s.x)
-            logits, f, g = self._evaluate(ctx, nxt, s.y, s.loss_t, grad=k + 1 < self.steps)
-            s.prev, s.cur, s.grad = s.cur, nxt, g
-            s.ups += (f < s.f).long()
-            s.f = f
-            better = f < s.best_f
-            s.best = torch.where(view_as_batch(better, nxt), nxt, s.best)
-            s.best_grad = torch.where(view_as_batch(better, nxt), g, s.best_grad)
-            s.best_f = torch.where(better, f, s.best_f)
+            logits = self._advance(ctx, s, nxt, grad=k + 1 < self.steps)
             s = self._retire(ctx, s, logits, out, done)  # before a checkpoint moves x^(k+1) to x_max
             if k + 1 in checks:
                 s = self._checkpoint(s, k + 1 - last_check)
                 last_check = k + 1
-        # samples never adversarial: keep their x_max if its loss beats that of earlier runs
+        self._keep_best(s, out, out_f)
+
+    def _begin(self, ctx: AttackContext, idx: Tensor, loss_t: Tensor | None, start: Tensor,
+               eta: float) -> tuple[_State, Tensor]:
+        """The state of a run on the samples ``idx`` from ``start`` (one forward+backward) and its logits."""
+        y = ctx.y[idx]
+        t = None if loss_t is None else loss_t[idx]
+        succ_t = None if ctx.targets is None else ctx.targets[idx]
+        logits, f, g = self._evaluate(ctx, start, y, t, grad=True)
+        zeros = torch.zeros_like(f, dtype=torch.long)
+        s = _State(idx, ctx.x[idx], y, t, succ_t, start, start, g, f, torch.full_like(f, eta), start, f, g, zeros,
+                   torch.zeros_like(f, dtype=torch.bool), f)
+        return s, logits
+
+    def _advance(self, ctx: AttackContext, s: _State, nxt: Tensor, grad: bool) -> Tensor:
+        """Move to the iterate ``nxt`` (one forward, and backward when ``grad``), update x_max; its logits."""
+        logits, f, g = self._evaluate(ctx, nxt, s.y, s.loss_t, grad=grad)
+        s.prev, s.cur, s.grad = s.cur, nxt, g
+        s.ups += (f < s.f).long()
+        s.f = f
+        better = f < s.best_f
+        s.best = torch.where(view_as_batch(better, nxt), nxt, s.best)
+        s.best_grad = torch.where(view_as_batch(better, nxt), g, s.best_grad)
+        s.best_f = torch.where(better, f, s.best_f)
+        return logits
+
+    @staticmethod
+    def _keep_best(s: _State, out: Tensor, out_f: Tensor) -> None:
+        """Samples never adversarial: keep their x_max if its loss beats that of earlier runs."""
         better = s.best_f < out_f[s.idx]
         out[s.idx[better]] = s.best[better]
         out_f[s.idx[better]] = s.best_f[better]
@@ -187,7 +206,7 @@ class _APGD(Attack):
         adv = is_adversarial(logits, s.y, s.succ_t)
         found = s.cur
         if self.quantize and bool(adv.any()):
-            found = quantize_8bit(s.cur)
+            found = self._rounded(s.cur, s.x)
             cand = adv.nonzero().squeeze(1)
             ok = is_adversarial(ctx.logits(found[cand]), s.y[cand], None if s.succ_t is None else s.succ_t[cand])
             adv = torch.zeros_like(adv).index_fill_(0, cand[ok], True)
