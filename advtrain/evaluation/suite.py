@@ -3,6 +3,7 @@
 - ``reliable`` (evaluate.py's default): an AutoAttack-like fixed ensemble per threat model (Croce &
   Hein 2020): in L2 and in Linf, APGD-CE, APGD-T, FAB-T, Square at the standard budgets, and
   minimum-norm attacks (FMN, FAB; BP, DDN in L2) run long enough to reach the minimal distortion;
+  in L1 (where the dataset has a standard L1 budget) l1-APGD-CE, FAB-T and l1-APGD-T (Croce & Hein 2021);
   its per-image worst case per threat model is the headline.
 - ``thesis`` (alias ``full``): every registered attack with the thesis' settings for the dataset
   (thesis 5.3.1, Table 5.2: 20-iteration rows), except the "unrestricted" family (D2B, FSA: no Lp
@@ -188,7 +189,11 @@ def full_suite(dataset: str = "mnist_embedded") -> list[AttackSpec]:
 #: quantization-aware mode (quantize_mode "attack": FAB/FMN check the rounded iterate, BP/DDN round
 #: every iterate); APGD and Square stop inside their budget and are rounded afterwards into the ball
 #: (``norms.quantize_within``). Cascade (AutoAttack's): APGD-T and Square run last, each budget only on
-#: the images the earlier attacks of their norm left unbroken within it (in every variant).
+#: the images the earlier attacks of their norm left unbroken within it (in every variant). L1 (a dataset
+#: with a standard L1 budget, or one given): AutoAttack's standard L1 version but Square (no L1 Square
+#: yet): l1-APGD-CE with 5 restarts, FAB-T in L1 (minimum norm: the L1 curve), and l1-APGD-T on 5
+#: targets (cascaded), the APGD runs with the 3-2-1 eps schedule. FAB-T matters there: on the Madry
+#: LeNet5 at L1 10, AutoAttack's FAB-T breaks 5 of the 6 digits its APGD-CE leaves.
 _RELIABLE_BUDGETS = {"mnist": [1.0, 2.0], "cifar10": [0.35, 0.7], "imagenet": [0.5, 1.0]}
 
 
@@ -202,6 +207,12 @@ def _reliable_entries(group: str, budgets: dict[str, float] | None = None) -> li
     l2_fixed = sorted({sweep[-1], std["l2"]})
     linf = [std["linf"]]
     minimum = {"quantize_mode": "attack"}
+    l1 = [
+        {"attack": "apgd_l1", "label": "apgd_ce_l1", "options": {"loss": "ce", "restarts": 5}, "budgets": [std["l1"]]},
+        {"attack": "fab_l1", "label": "fab_t_l1", "options": {"targeted": True}, **minimum},
+        {"attack": "apgd_t_l1", "label": "apgd_t_l1", "options": {"n_target_classes": 5}, "budgets": [std["l1"]],
+         "cascade": True},
+    ] if "l1" in std else []
     return [
         {"attack": "apgd_l2", "label": "apgd_ce", "options": {"loss": "ce"}, "budgets": l2_ce},
         {"attack": "fab_l2", "label": "fab_t", "options": {"targeted": True}, **minimum},
@@ -217,6 +228,7 @@ def _reliable_entries(group: str, budgets: dict[str, float] | None = None) -> li
         {"attack": "apgd_t_linf", "label": "apgd_t_linf", "budgets": linf, "cascade": True},
         {"attack": "square_linf", "label": "square_linf", "options": {"queries": 5000}, "budgets": linf,
          "cascade": True},
+        *l1,
     ]
 
 

@@ -110,7 +110,7 @@ def l1_norm(t: Tensor) -> Tensor:
 #: the per-sample norm of each threat model, and its dual (the norm of a gradient that gives the
 #: first-order distance |f| / ||grad f||_dual to a hyperplane)
 NORMS = {"l2": l2_norm, "linf": linf_norm, "l1": l1_norm}
-DUAL_NORMS = {"l2": l2_norm, "linf": l1_norm}
+DUAL_NORMS = {"l2": l2_norm, "linf": l1_norm, "l1": linf_norm}
 
 
 def project_l1(x_adv: Tensor, x: Tensor, eps: Tensor | float) -> Tensor:
@@ -172,12 +172,18 @@ def project_hyperplane_box(p: Tensor, w: Tensor, b: Tensor, norm: str) -> Tensor
     breakpoints t_i = s_i / v_i (s_i the bound coordinate i saturates at), so t is exact after
     sorting them: for t between breakpoints, phi(t) = sum_saturated w_i s_i + t sum_free w_i v_i.
     When even t = inf misses c (the plane lies outside the box), every coordinate saturates.
+
+    L1 (a fractional knapsack): moving coordinate i towards its bound s_i gains |w_i| of <w, d> per
+    unit of |d_i|, so the least-L1 d saturates the coordinates in decreasing order of |w_i| and moves
+    the one that reaches c part of the way; the others stay.
     """
     shape = p.shape
     p, w = p.flatten(1), w.flatten(1)
     c = b - (w * p).sum(1)
     sign = torch.where(c < 0, -1.0, 1.0).to(w.dtype)
     w, c = w * sign[:, None], c * sign
+    if norm == "l1":
+        return _hyperplane_box_l1(p, w, c).view(shape)
     v = w if norm == "l2" else w.sign()
     lb, ub = -p, 1.0 - p
     s = torch.where(w > 0, ub, lb)
@@ -197,3 +203,21 @@ def project_hyperplane_box(p: Tensor, w: Tensor, b: Tensor, norm: str) -> Tensor
     d = torch.minimum(torch.maximum(view_as_batch(lam, v) * v, lb), ub)
     d = torch.where(feasible[:, None], d, torch.where(moving, s, torch.zeros_like(s)))
     return d.view(shape)
+
+
+def _hyperplane_box_l1(p: Tensor, w: Tensor, c: Tensor) -> Tensor:
+    """``project_hyperplane_box``'s L1 case on flat [B, d] tensors, the gap c >= 0 (w flipped)."""
+    s = torch.where(w > 0, 1.0 - p, -p) * (w != 0)
+    order = w.abs().argsort(dim=1, descending=True)
+    gain = (w * s).gather(1, order)  # >= 0: what saturating each coordinate adds to <w, d>
+    before = gain.cumsum(1) - gain
+    reach = before + gain >= c[:, None]
+    feasible = reach.any(1)
+    k = reach.int().argmax(1, keepdim=True)
+    wk = w.gather(1, order.gather(1, k))
+    part = ((c[:, None] - before.gather(1, k)) / torch.where(wk == 0, torch.ones_like(wk), wk))
+    rank = torch.arange(w.shape[1], device=w.device)[None, :]
+    d_sorted = torch.where(rank < k, s.gather(1, order), torch.zeros_like(s))
+    d_sorted = d_sorted.scatter(1, k, torch.minimum(part.abs(), s.gather(1, order.gather(1, k)).abs()) * wk.sign())
+    d = torch.zeros_like(s).scatter(1, order, d_sorted)
+    return torch.where(feasible[:, None], d, s)
