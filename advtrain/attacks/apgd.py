@@ -13,8 +13,8 @@ from torch import Tensor, nn
 
 from .base import Attack, AttackContext, check_budget, check_count, check_flag, check_fraction, check_seed
 from .losses import is_adversarial
-from ..ops.norms import l2_norm, linf_norm, normalize_l2, project_l1, project_l2, project_linf, quantize as quantize_8bit
-from ..ops.norms import quantize_within, view_as_batch
+from ..ops.norms import l2_norm, linf_norm, normalize_l2, project_l1, project_l2, project_linf
+from ..ops.norms import quantize as quantize_8bit, quantize_within, view_as_batch
 from .registry import register_attack
 
 
@@ -417,7 +417,6 @@ class APGDTL2(_L2, _Targeted):
     """APGD-T in L2 (targeted DLR over the top ``n_target_classes`` classes)."""
 
     name = "apgd_t_l2"
-
 
 
 @register_attack("apgd_l1")
