@@ -268,7 +268,7 @@ class _L1:
     of its iterate of least loss against the last check's: topk becomes s / (1.5 d) (d the number of
     coordinates); where s shrank below 0.95 of it, eta returns to eps and the iterate restarts from
     x_max, elsewhere eta / 1.5; eta stays within [eps / 10, eps]. The first topk is 0.2 (s_0 = d), or with
-    ``decreasing_eps`` that of the start (s_0 = its sparsity).
+    ``decreasing_eps`` s_0 / (1.5 d), s_0 the sparsity of the stage's start.
 
     ``decreasing_eps`` (AutoAttack's ``use_largereps``, on in its standard L1 version): the run's steps in
     three stages, ceil(0.3 N), ceil(0.3 N) and the rest, at budgets 3 eps, 2 eps, eps, each starting from
