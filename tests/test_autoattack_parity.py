@@ -121,7 +121,7 @@ def test_lenet5_l1_full_set(madry_lenet5):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key,norm", [("resnet18_linf_1", "linf"), ("resnet18_linf_0.5", "linf"),
-                                      ("resnet18_l2_0.1", "l2")])
+                                      ("resnet18_l2_0.1", "l2"), ("resnet18_l1_2", "l1")])
 def test_resnet18_cifar10(aa_resnet18, key, norm):
     """AutoAttack's CIFAR-10 ResNet-18 on (the first N of) foolbox's 20 samples at budgets where
     AutoAttack leaves images unbroken (the model is naturally trained)."""
