@@ -38,6 +38,11 @@ RUNS = {
     "lenet5_linf_0.3": ("lenet5", "linf", 0.3),
     "resnet18_l2_0.1": ("resnet18", "l2", 0.1),
     "resnet18_linf_0.5": ("resnet18", "linf", 0.5 / 255),
+    # L1 (AutoAttack standard in L1: APGD-CE with 5 restarts and APGD-T on 5 targets, both with the
+    # 3-2-1 eps schedule, FAB-T and Square): MNIST's standard L1 budget, and CIFAR-10 at 2 (of 12),
+    # where the naturally trained ResNet-18 keeps some images
+    "lenet5_l1_10": ("lenet5", "l1", 10.0),
+    "resnet18_l1_2": ("resnet18", "l1", 2.0),
 }
 AA_NORM = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 

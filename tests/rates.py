@@ -22,3 +22,4 @@ def rate_floor(measured: float, n: int, z: float = 3.0) -> float:
 def rate_ceiling(measured: float, n: int, z: float = 3.0) -> float:
     """The highest rate another training of the same recipe should reach on ``n`` images."""
     return 1.0 - rate_floor(1.0 - measured, n, z)
+

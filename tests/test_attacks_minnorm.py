@@ -22,9 +22,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # ---------------------------------------------------------------- FAB's projection
 
 
-@pytest.mark.parametrize("norm", ["l2", "linf"])
+@pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
 def test_hyperplane_box_projection_is_the_constrained_optimum(norm):
-    """Against scipy (SLSQP for L2, a linear programme for Linf) on random planes, box binding."""
+    """Against scipy (SLSQP for L2, linear programmes for Linf and L1) on random planes, box binding."""
     scipy_opt = pytest.importorskip("scipy.optimize")
     import numpy as np
     g = torch.Generator().manual_seed(0)
@@ -43,18 +43,25 @@ def test_hyperplane_box_projection_is_the_constrained_optimum(norm):
                                      constraints=[{"type": "eq", "fun": lambda z: wi @ z - ci}],
                                      options={"ftol": 1e-14, "maxiter": 500})
             assert ref.success and float(d[i].norm()) == pytest.approx(float(np.linalg.norm(ref.x)), rel=1e-6)
-        else:  # min s s.t. -s <= z <= s, <w, z> = c, box; variables (z, s)
+        elif norm == "linf":  # min s s.t. -s <= z <= s, <w, z> = c, box; variables (z, s)
             eye = np.eye(dim)
             a_ub = np.vstack([np.hstack([eye, -np.ones((dim, 1))]), np.hstack([-eye, -np.ones((dim, 1))])])
             ref = scipy_opt.linprog(np.r_[np.zeros(dim), 1.0], A_ub=a_ub, b_ub=np.zeros(2 * dim),
                                     A_eq=np.r_[wi, 0.0][None], b_eq=[ci], bounds=bounds + [(0, None)])
             assert ref.success and float(d[i].abs().max()) == pytest.approx(ref.fun, rel=1e-6)
+        if norm == "l1":  # min sum s s.t. -s <= z <= s, <w, z> = c, box; variables (z, s)
+            eye = np.eye(dim)
+            a_ub = np.vstack([np.hstack([eye, -eye]), np.hstack([-eye, -eye])])
+            ref = scipy_opt.linprog(np.r_[np.zeros(dim), np.ones(dim)], A_ub=a_ub, b_ub=np.zeros(2 * dim),
+                                    A_eq=np.r_[wi, np.zeros(dim)][None], b_eq=[ci], bounds=bounds + [(0, None)] * dim)
+            assert ref.success and float(d[i].abs().sum()) == pytest.approx(ref.fun, rel=1e-6)
 
 
-def test_hyperplane_outside_the_box_saturates_every_coordinate():
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_hyperplane_outside_the_box_saturates_every_coordinate(norm):
     p = torch.full((1, 4), 0.5)
     w = torch.ones(1, 4)
-    d = project_hyperplane_box(p, w, torch.tensor([10.0]), "l2")  # <w, z> <= 4 in the box
+    d = project_hyperplane_box(p, w, torch.tensor([10.0]), norm)  # <w, z> <= 4 in the box
     torch.testing.assert_close(d, torch.full((1, 4), 0.5))
 
 

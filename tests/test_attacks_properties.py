@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from advtrain.attacks import ATTACKS, build_attack
-from advtrain.ops.norms import l2_norm, linf_norm
+from advtrain.ops.norms import NORMS, l2_norm, linf_norm
 from advtrain.registry import valid_options
 
 from featspace_files import untrained_style_pair
@@ -34,6 +34,8 @@ CHEAP: dict[str, dict] = {
     "apgd_l2": {"eps": 1.0, "steps": 3},
     "apgd_t_linf": {"eps": 0.1, "steps": 3, "n_target_classes": 2},
     "apgd_t_l2": {"eps": 1.0, "steps": 3, "n_target_classes": 2},
+    "apgd_l1": {"eps": 5.0, "steps": 3},
+    "apgd_t_l1": {"eps": 5.0, "steps": 3, "n_target_classes": 2},
     "square_linf": {"eps": 0.1, "queries": 10},
     "square_l2": {"eps": 1.0, "queries": 10},
     "d2b": {"steps": 3},  # no stats: the attacked batch's (a warning), fine for the protocol's properties
@@ -98,9 +100,9 @@ def check_result(name: str, attack, model: nn.Module, x, y, res, targets=None) -
         assert res.grads == 0 and res.queries >= 1
     if type(attack).family == "distortion":
         eps, norm = attack.eps, type(attack).norm
-        measured = res.linf if norm == "linf" else res.l2
-        slack = 1e-5
-        if attack.quantize:  # rounding may move each pixel by half a level
+        measured = NORMS[norm](delta)
+        slack = 1e-5 * max(eps, 1.0)
+        if attack.quantize and norm != "l1":  # rounding may move each pixel by half a level (L1: into the ball)
             slack += 0.5 / 255 * (1.0 if norm == "linf" else math.sqrt(x[0].numel()))
         assert float(measured.max()) <= eps + slack, f"{name} exceeds its {norm} budget {eps}"
     else:  # success-targeted: a sample never found adversarial is returned unchanged

@@ -270,7 +270,8 @@ class NonFinite(nn.Module):
 CHEAP = {"alma_l2": dict(steps=2, check_steps=1), "cw_l2": dict(steps=2, search_steps=1),
          "scw_l2": dict(steps=2, search_steps=1), "square_linf": dict(queries=2), "square_l2": dict(queries=2),
          "fgsm": {}, "naa": dict(steps=1, ens=1), "fia": dict(steps=1, ens=1), "deepfool": dict(steps=2),
-         "fab_l2": dict(steps=2), "fab_linf": dict(steps=2), "bp": dict(steps=2, line_search_steps=1)}
+         "fab_l2": dict(steps=2), "fab_linf": dict(steps=2), "bp": dict(steps=2, line_search_steps=1),
+         "apgd_l1": dict(steps=3), "apgd_t_l1": dict(steps=3)}  # l1-APGD: 3 stages of eps
 
 
 def _cheap(name: str) -> Attack:

@@ -60,6 +60,7 @@ def test_each_attack_belongs_to_the_norm_it_bounds_or_minimizes():
     specs = {s.label: s.threat for s in load_suite("reliable", "mnist_embedded")}
     assert specs["apgd_ce"] == specs["ddn"] == specs["bp"] == "l2"
     assert {specs[k] for k in ("apgd_ce_linf", "apgd_t_linf", "fab_t_linf", "square_linf", "fmn_linf")} == {"linf"}
+    assert {specs[k] for k in ("apgd_ce_l1", "fab_t_l1", "apgd_t_l1")} == {"l1"}
     unrestricted = AttackSpec.__new__(AttackSpec)
     unrestricted.attack = "fsa"
     assert unrestricted.threat is None  # no norm: reported apart, kept whatever --threat says
@@ -84,6 +85,52 @@ def test_reliable_linf_ensemble_is_autoattack_standard_at_the_standard_budget(da
         assert STANDARD_BUDGETS[group]["l2"] in specs[label].budgets
     moved = {s.label: s for s in load_suite("reliable", dataset, {"linf": 0.1})}
     assert moved["apgd_t_linf"].budgets == [0.1]
+
+
+@pytest.mark.parametrize("dataset,group", [("mnist_embedded", "mnist"), ("cifar10", "cifar10")])
+def test_reliable_l1_ensemble_is_autoattack_standard_but_square(dataset, group):
+    """AutoAttack's standard L1 version (Croce & Hein 2021): APGD-CE-L1 with 5 restarts, APGD-T-L1 on
+    5 targets (cascaded), both with the 3-2-1 eps schedule, and FAB-T in L1, at the standard L1 budget
+    (MNIST 10, CIFAR-10 12); ImageNet has no standard L1 budget: no L1 entries unless one is given."""
+    assert STANDARD_BUDGETS["mnist"]["l1"] == 10.0 and STANDARD_BUDGETS["cifar10"]["l1"] == 12.0
+    specs = {s.label: s for s in load_suite("reliable", dataset)}
+    eps = STANDARD_BUDGETS[group]["l1"]
+    ce, t = specs["apgd_ce_l1"].build(eps), specs["apgd_t_l1"].build(eps)
+    assert specs["apgd_ce_l1"].budgets == specs["apgd_t_l1"].budgets == [eps]
+    assert ce.restarts == 5 and ce.loss == "ce" and ce.decreasing_eps and ce.steps == 100
+    assert t.n_target_classes == 5 and t.restarts == 1 and t.decreasing_eps and t.loss == "dlr"
+    assert specs["apgd_t_l1"].cascade and not specs["apgd_ce_l1"].cascade
+    assert specs["fab_t_l1"].family == "success" and specs["fab_t_l1"].options["targeted"]
+    assert load_suite("reliable", dataset, {"l1": 3.0})[-1].budgets == [3.0]
+    assert not any(s.threat == "l1" for s in load_suite("reliable", "imagefolder"))
+    assert {s.label for s in load_suite("reliable", "imagefolder", {"l1": 60.0}) if s.threat == "l1"} == \
+        {"apgd_ce_l1", "fab_t_l1", "apgd_t_l1"}
+
+
+def test_l1_threat_model_end_to_end(trained_c4, batch, tmp_path):
+    """--threat l1: only the L1 attacks run; the L1 worst case, robust accuracy at the budget and
+    per-image distortions in L1 land in results.json and report.md, both variants inside the ball."""
+    suite = [{"attack": "apgd_l1", "label": "apgd_ce_l1", "options": {"steps": 6}, "budgets": [3.0]},
+             {"attack": "apgd_t_l1", "label": "apgd_t_l1", "options": {"steps": 6, "n_target_classes": 2},
+              "budgets": [3.0], "cascade": True},
+             {"attack": "fab_l1", "label": "fab_t_l1", "options": {"steps": 3, "targeted": True, "n_target_classes": 1},
+              "quantize_mode": "attack"},
+             {"attack": "ddn", "options": {"steps": 5}, "quantize_mode": "attack"}]
+    res = run_suite(trained_c4, loader((batch[0][:12], batch[1][:12])), suite, n=12, threats="l1", budgets="l1=3",
+                    out_dir=tmp_path, progress=False)
+    assert list(res["attacks"]) == ["apgd_ce_l1", "apgd_t_l1", "fab_t_l1"] and list(res["threat_models"]) == ["l1"]
+    tm = res["threat_models"]["l1"]
+    assert tm["budget"] == 3.0 and tm["attacks"] == ["apgd_ce_l1", "apgd_t_l1", "fab_t_l1"]
+    for v in ("unquantized", "quantized"):
+        assert 0.0 <= tm[v]["robust_accuracy"] <= 1.0 and tm[v]["measured_at_budget"]
+        for label in ("apgd_ce_l1", "apgd_t_l1"):
+            d = [e for e in res["attacks"][label][v]["per_sample"]["l1"] if e is not None]
+            assert max(d, default=0.0) <= 3.0 * (1 + 1e-5)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["threat_models"]["l1"]["unquantized"]["robust_accuracy"] == tm["unquantized"]["robust_accuracy"]
+    write_report(res, tmp_path / "report.md")
+    report = (tmp_path / "report.md").read_text()
+    assert "| L1 | 3 |" in report and "### L1 attacks" in report
 
 
 def test_robust_accuracy_counts_clean_errors_and_every_attack_of_the_norm():
@@ -189,7 +236,9 @@ def test_parsers():
 
 @pytest.mark.parametrize("args,message", [
     (["--threat", "l3"], "--threat: unknown norm 'l3'; known: linf, l2, l1"),
-    (["--threat", "l1"], "--threat l1: the suite has no attack for l1 (its threat models: linf, l2)"),
+    (["--suite", "smoke", "--threat", "l1"], "--threat l1: the suite has no attack for l1 (its threat models: linf, l2)"),
+    (["--data", "imagefolder", "--threat", "l1"],
+     "--threat l1: the suite has no attack for l1 (its threat models: linf, l2)"),
     (["--threat", "linf", "--budget", "l2=2"], "--budget l2: not a threat model of this evaluation (linf)"),
     (["--budget", "l9=2"], "--budget: unknown norm 'l9'; known: linf, l2, l1"),
 ])

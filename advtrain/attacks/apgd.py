@@ -1,6 +1,8 @@
 """Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
 diverse parameter-free attacks", Alg. 1): APGD with the CE or DLR loss, and APGD-T (targeted DLR,
-the top-k classes tried one after another), in Linf and L2.
+the top-k classes tried one after another), in Linf and L2; in L1 the sparse-step variant of Croce &
+Hein 2021 ("Mind the box: l1-APGD for sparse adversarial attacks on a box-constrained input space"),
+``_L1``.
 """
 from __future__ import annotations
 
@@ -9,10 +11,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import Attack, AttackContext, check_budget, check_count, check_fraction, check_seed
+from .base import Attack, AttackContext, check_budget, check_count, check_flag, check_fraction, check_seed
 from .losses import is_adversarial
-from ..ops.norms import l2_norm, linf_norm, normalize_l2, project_l2, project_linf, quantize as quantize_8bit
-from ..ops.norms import view_as_batch
+from ..ops.norms import l2_norm, linf_norm, normalize_l2, project_l1, project_l2, project_linf
+from ..ops.norms import quantize as quantize_8bit, quantize_within, view_as_batch
 from .registry import register_attack
 
 
@@ -46,6 +48,8 @@ class _State:
     ups: Tensor       # improving steps since the last checkpoint (condition 1)
     reduced: Tensor   # the step size halved at the last checkpoint (condition 2)
     best_f_check: Tensor  # best loss at the last checkpoint (condition 2)
+    topk: Tensor | None = None      # L1: the fraction of coordinates a step moves
+    sparsity: Tensor | None = None  # L1: nonzeros of x_max - x at the last checkpoint
 
     def keep(self, mask: Tensor) -> "_State":
         return _State(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[mask]
@@ -121,22 +125,18 @@ class _APGD(Attack):
             for _ in range(self.restarts):
                 idx = (~done).nonzero().squeeze(1)
                 if idx.numel() == 0:
-                    return self._finish(out)
+                    return self._rounded(out, x) if self.quantize else out
                 self._attack(ctx, idx, loss_t, gen, out, out_f, done)
-        return self._finish(out)  # samples not done hold their x_max
+        return self._rounded(out, x) if self.quantize else out  # samples not done hold their x_max
+
+    def _rounded(self, v: Tensor, x: Tensor) -> Tensor:
+        """The 8-bit image of an iterate ``v`` of the images ``x`` (its rounding)."""
+        return quantize_8bit(v)
 
     def _attack(self, ctx: AttackContext, idx: Tensor, loss_t: Tensor | None, gen: torch.Generator,
                 out: Tensor, out_f: Tensor, done: Tensor) -> None:
         """One APGD run on the samples ``idx``; writes successes (and better x_max) into ``out``."""
-        x, y = ctx.x[idx], ctx.y[idx]
-        t = None if loss_t is None else loss_t[idx]
-        succ_t = None if ctx.targets is None else ctx.targets[idx]
-        start = self._random_start(x, gen)
-        logits, f, g = self._evaluate(ctx, start, y, t, grad=True)
-        eta = torch.full_like(f, 2.0 * self.eps)
-        zeros = torch.zeros_like(f, dtype=torch.long)
-        s = _State(idx, x, y, t, succ_t, start, start, g, f, eta, start, f, g, zeros,
-                   torch.zeros_like(f, dtype=torch.bool), f)
+        s, logits = self._begin(ctx, idx, loss_t, self._random_start(ctx.x[idx], gen), 2.0 * self.eps)
         s = self._retire(ctx, s, logits, out, done)
         checks = checkpoints(self.steps)
         last_check = 0
@@ -146,19 +146,40 @@ class _APGD(Attack):
             z = self._project(s.cur - view_as_batch(s.eta, s.x) * self._direction(s.grad), s.x)
             nxt = z if k == 0 else self._project(
                 s.cur + self.momentum * (z - s.cur) + (1.0 - self.momentum) * (s.cur - s.prev), s.x)
-            logits, f, g = self._evaluate(ctx, nxt, s.y, s.loss_t, grad=k + 1 < self.steps)
-            s.prev, s.cur, s.grad = s.cur, nxt, g
-            s.ups += (f < s.f).long()
-            s.f = f
-            better = f < s.best_f
-            s.best = torch.where(view_as_batch(better, nxt), nxt, s.best)
-            s.best_grad = torch.where(view_as_batch(better, nxt), g, s.best_grad)
-            s.best_f = torch.where(better, f, s.best_f)
+            logits = self._advance(ctx, s, nxt, grad=k + 1 < self.steps)
             s = self._retire(ctx, s, logits, out, done)  # before a checkpoint moves x^(k+1) to x_max
             if k + 1 in checks:
                 s = self._checkpoint(s, k + 1 - last_check)
                 last_check = k + 1
-        # samples never adversarial: keep their x_max if its loss beats that of earlier runs
+        self._keep_best(s, out, out_f)
+
+    def _begin(self, ctx: AttackContext, idx: Tensor, loss_t: Tensor | None, start: Tensor,
+               eta: float) -> tuple[_State, Tensor]:
+        """The state of a run on the samples ``idx`` from ``start`` (one forward+backward) and its logits."""
+        y = ctx.y[idx]
+        t = None if loss_t is None else loss_t[idx]
+        succ_t = None if ctx.targets is None else ctx.targets[idx]
+        logits, f, g = self._evaluate(ctx, start, y, t, grad=True)
+        zeros = torch.zeros_like(f, dtype=torch.long)
+        s = _State(idx, ctx.x[idx], y, t, succ_t, start, start, g, f, torch.full_like(f, eta), start, f, g, zeros,
+                   torch.zeros_like(f, dtype=torch.bool), f)
+        return s, logits
+
+    def _advance(self, ctx: AttackContext, s: _State, nxt: Tensor, grad: bool) -> Tensor:
+        """Move to the iterate ``nxt`` (one forward, and backward when ``grad``), update x_max; its logits."""
+        logits, f, g = self._evaluate(ctx, nxt, s.y, s.loss_t, grad=grad)
+        s.prev, s.cur, s.grad = s.cur, nxt, g
+        s.ups += (f < s.f).long()
+        s.f = f
+        better = f < s.best_f
+        s.best = torch.where(view_as_batch(better, nxt), nxt, s.best)
+        s.best_grad = torch.where(view_as_batch(better, nxt), g, s.best_grad)
+        s.best_f = torch.where(better, f, s.best_f)
+        return logits
+
+    @staticmethod
+    def _keep_best(s: _State, out: Tensor, out_f: Tensor) -> None:
+        """Samples never adversarial: keep their x_max if its loss beats that of earlier runs."""
         better = s.best_f < out_f[s.idx]
         out[s.idx[better]] = s.best[better]
         out_f[s.idx[better]] = s.best_f[better]
@@ -187,7 +208,7 @@ class _APGD(Attack):
         adv = is_adversarial(logits, s.y, s.succ_t)
         found = s.cur
         if self.quantize and bool(adv.any()):
-            found = quantize_8bit(s.cur)
+            found = self._rounded(s.cur, s.x)
             cand = adv.nonzero().squeeze(1)
             ok = is_adversarial(ctx.logits(found[cand]), s.y[cand], None if s.succ_t is None else s.succ_t[cand])
             adv = torch.zeros_like(adv).index_fill_(0, cand[ok], True)
@@ -234,6 +255,112 @@ class _L2:
         """x + eps n / ||n||_2, n standard normal (a point of the eps-sphere), clipped to the box."""
         n = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
         return project_l2(x + self.eps * n / view_as_batch(l2_norm(n).clamp_min(1e-12), x), x, self.eps)
+
+
+class _L1:
+    """L1 geometry (l1-APGD, Croce & Hein 2021), as AutoAttack's code runs it (``norm='L1'``).
+
+    A step moves only the coordinates of largest |gradient|: the top ``topk`` fraction of them, each
+    by eta / (their count) against the sign of the gradient (a step of L1 length eta), then the exact
+    projection onto B_1[x; eps] intersected with the box (``norms.project_l1``; clipping after the
+    ball's projection is not it). No momentum. eta^(0) = eps (the stage's). Every
+    max(floor(0.04 N), 1) steps (N the stage's steps) a sample checks the sparsity s = ||x_max - x||_0
+    of its iterate of least loss against the last check's: topk becomes s / (1.5 d) (d the number of
+    coordinates); where s shrank below 0.95 of it, eta returns to eps and the iterate restarts from
+    x_max, elsewhere eta / 1.5; eta stays within [eps / 10, eps]. The first topk is 0.2 (s_0 = d), or with
+    ``decreasing_eps`` s_0 / (1.5 d), s_0 the sparsity of the stage's start.
+
+    ``decreasing_eps`` (AutoAttack's ``use_largereps``, on in its standard L1 version): the run's steps in
+    three stages, ceil(0.3 N), ceil(0.3 N) and the rest, at budgets 3 eps, 2 eps, eps, each starting from
+    the previous stage's x_max projected onto the stage's ball (the first from x + n, n standard normal,
+    projected onto the 3 eps ball); only the last stage, inside eps, can find an adversarial (the
+    earlier ones only move the start). Without it one stage at eps from x + n projected onto its ball.
+
+    With ``quantize`` an iterate counts when its rounding *into the ball* (``norms.quantize_within``) is
+    adversarial: 8-bit rounding of many moved pixels would leave the L1 ball.
+
+    Cost: ``steps`` forward+backward passes per run (each stage: one at its start, one per step but the
+    last, which is a forward), as the Linf / L2 APGD.
+    """
+
+    norm = "l1"
+    default_eps = 10.0  # MNIST's L1 budget (threats.STANDARD_BUDGETS)
+    eps: float
+    steps: int
+    quantize: bool
+
+    def __init__(self, *args, decreasing_eps: bool = True, **kw) -> None:
+        unused = [k for k in ("rho", "momentum") if k in kw]
+        if unused:
+            raise ValueError(f"{', '.join(unused)}: not an option of l1-APGD (its step size follows the "
+                             "sparsity of x_max, without momentum)")
+        super().__init__(*args, **kw)
+        self.decreasing_eps = check_flag("decreasing_eps", decreasing_eps)
+        if self.decreasing_eps and self.steps < 3:
+            raise ValueError(f"steps must be >= 3 with decreasing_eps (3 stages of eps), got {self.steps}")
+
+    def _project(self, v: Tensor, x: Tensor) -> Tensor:
+        return project_l1(v, x, self.eps)
+
+    def _rounded(self, v: Tensor, x: Tensor) -> Tensor:
+        return quantize_within(v, x, self.eps, "l1")
+
+    def _stages(self) -> list[tuple[float, int]]:
+        """(budget, steps) of the run's stages (``decreasing_eps``: AutoAttack's 3 eps, 2 eps, eps)."""
+        if not self.decreasing_eps:
+            return [(self.eps, self.steps)]
+        first = math.ceil(0.3 * self.steps)
+        return [(3.0 * self.eps, first), (2.0 * self.eps, first), (self.eps, self.steps - 2 * first)]
+
+    @staticmethod
+    def _sparse_step(g: Tensor, topk: Tensor) -> Tensor:
+        """sign(g) on the coordinates whose |g| reaches the (1 - topk) quantile, divided by their count."""
+        a = g.abs().flatten(1)
+        n = a.shape[1]
+        at = ((1.0 - topk) * n).clamp(0, n - 1).long()
+        threshold = a.sort(dim=1).values.gather(1, at[:, None])
+        step = g.sign().flatten(1) * (a >= threshold)
+        return (step / step.abs().sum(1, keepdim=True).clamp_min(1e-10)).view_as(g)
+
+    def _attack(self, ctx: AttackContext, idx: Tensor, loss_t: Tensor | None, gen: torch.Generator,
+                out: Tensor, out_f: Tensor, done: Tensor) -> None:
+        x = ctx.x[idx]
+        d = x[0].numel()
+        stages = self._stages()
+        cur = x + torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        for j, (eps, steps) in enumerate(stages):
+            final = j == len(stages) - 1
+            start = project_l1(cur, x, eps)
+            s, logits = self._begin(ctx, idx, loss_t, start, eps)
+            if self.decreasing_eps:
+                s.sparsity = (start != x).flatten(1).sum(1).to(x.dtype)
+                s.topk = s.sparsity / d / 1.5
+            else:
+                s.sparsity, s.topk = torch.full_like(s.f, float(d)), torch.full_like(s.f, 0.2)
+            if final:
+                s = self._retire(ctx, s, logits, out, done)
+            every = max(int(0.04 * steps), 1)
+            for k in range(steps):
+                if s.idx.numel() == 0:
+                    return
+                nxt = project_l1(s.cur - view_as_batch(s.eta, s.x) * self._sparse_step(s.grad, s.topk), s.x, eps)
+                logits = self._advance(ctx, s, nxt, grad=k + 1 < steps)
+                if final:
+                    s = self._retire(ctx, s, logits, out, done)
+                if (k + 1) % every == 0 and k + 1 < steps:
+                    self._check_sparsity(s, eps, d)
+            cur = s.best
+        self._keep_best(s, out, out_f)
+
+    @staticmethod
+    def _check_sparsity(s: _State, eps: float, d: int) -> None:
+        """The checkpoint of l1-APGD: topk from x_max's sparsity; eta reset and restart where it shrank."""
+        sparsity = (s.best != s.x).flatten(1).sum(1).to(s.eta.dtype)
+        shrank = sparsity < 0.95 * s.sparsity
+        s.topk, s.sparsity = sparsity / d / 1.5, sparsity
+        s.eta = torch.where(shrank, torch.full_like(s.eta, eps), s.eta / 1.5).clamp(eps / 10, eps)
+        s.cur = torch.where(view_as_batch(shrank, s.cur), s.best, s.cur)
+        s.grad = torch.where(view_as_batch(shrank, s.cur), s.best_grad, s.grad)
 
 
 class _Targeted(_APGD):
@@ -291,3 +418,16 @@ class APGDTL2(_L2, _Targeted):
 
     name = "apgd_t_l2"
 
+
+@register_attack("apgd_l1")
+class APGDL1(_L1, _APGD):
+    """l1-APGD (sparse steps, the exact L1-ball-and-box projection; ``loss`` "ce" or "dlr", default "ce")."""
+
+    name = "apgd_l1"
+
+
+@register_attack("apgd_t_l1")
+class APGDTL1(_L1, _Targeted):
+    """l1-APGD-T (targeted DLR over the top ``n_target_classes`` classes; AutoAttack's L1 standard: 5)."""
+
+    name = "apgd_t_l1"

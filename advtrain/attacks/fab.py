@@ -1,4 +1,4 @@
-"""Fast Adaptive Boundary attack (FAB), Croce & Hein 2020, in L2 and Linf; FAB-T as in AutoAttack."""
+"""Fast Adaptive Boundary attack (FAB), Croce & Hein 2020, in L2, Linf and L1; FAB-T as in AutoAttack."""
 from __future__ import annotations
 
 import torch
@@ -112,10 +112,13 @@ class _FAB(Attack):
             x1 = torch.where(view_as_batch(adv, x), x + self.beta * (x1 - x), x1)
 
     def _random_start(self, x: Tensor, best_dist: Tensor) -> Tensor:
-        """x + t, t uniform in direction (L2) or in the cube (Linf), ||t|| = min(best distance,
-        ``restart_radius``) / 2, clipped to the box."""
+        """x + t, t uniform in direction (L2), in the cube (Linf) or normal (L1), ||t|| = min(best
+        distance, ``restart_radius``) / 2, clipped to the box."""
         if self.norm == "l2":
             t = normalize_l2(torch.randn_like(x))
+        elif self.norm == "l1":
+            t = torch.randn_like(x)
+            t = t / view_as_batch(NORMS["l1"](t).clamp_min(1e-12), x)
         else:
             t = torch.empty_like(x).uniform_(-1.0, 1.0)
             t = t / view_as_batch(NORMS["linf"](t).clamp_min(1e-12), x)
@@ -138,3 +141,12 @@ class FABLinf(_FAB):
     name = "fab_linf"
     norm = "linf"
     default_restart_radius = 0.3
+
+
+@register_attack("fab_l1")
+class FABL1(_FAB):
+    """FAB minimising the L1 distortion (restart radius 5.0: AutoAttack's default eps for L1)."""
+
+    name = "fab_l1"
+    norm = "l1"
+    default_restart_radius = 5.0

@@ -7,6 +7,7 @@ whose ``compute`` is :func:`summarize`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -87,6 +88,14 @@ def least_distortion(success_runs: Tensor, distortion_runs: Tensor) -> tuple[Ten
     d = torch.where(success_runs.bool(), distortion_runs.double(), inf)
     best = d.min(dim=0).values
     return torch.isfinite(best), best
+
+
+def sign_test_p(only_a: int, only_b: int) -> float:
+    """A paired comparison of two attacks on the same images: P(X >= only_a), X ~ Binomial(only_a +
+    only_b, 1/2), the chance that attack A alone breaks at least ``only_a`` of the images exactly one of
+    them breaks if both were equally strong (each such image a fair coin; a one-sided sign test)."""
+    n = only_a + only_b
+    return sum(math.comb(n, k) for k in range(only_a, n + 1)) / 2 ** n if n else 1.0
 
 
 def per_sample_distortion(stats: dict, norm: str = "l2") -> tuple[Tensor, Tensor]:

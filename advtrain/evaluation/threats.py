@@ -2,7 +2,10 @@
 minimizes (its class's ``norm``); per threat model the protocol reports the per-image least
 distortion in that norm over that norm's attacks, its P(D), and the robust accuracy at the
 dataset's standard budget (AutoAttack / RobustBench: MNIST Linf 0.3, L2 2.0; CIFAR-10 Linf 8/255,
-L2 0.5, L1 12; ImageNet Linf 4/255, L2 3.0).
+L2 0.5, L1 12; ImageNet Linf 4/255, L2 3.0). MNIST's L1 budget is 10, the one of the multiple-perturbation
+literature (Tramer & Boneh 2019, "Adversarial training and robustness for multiple perturbations";
+Maini et al. 2020, "Adversarial robustness against the union of multiple perturbation models": MNIST
+Linf 0.3, L2 2.0, L1 10); ImageNet has none (give one with ``--budget l1=EPS``).
 
 Robust accuracy follows RobustBench: the fraction of *all* N' evaluated images that are classified
 correctly and not broken within the budget by any attack of that norm (clean errors count as
@@ -21,9 +24,10 @@ from .metrics import least_distortion, per_sample_distortion, summarize
 
 #: the norms a threat model may name (``NORMS``' keys), in report order
 THREATS = ("linf", "l2", "l1")
-#: AutoAttack / RobustBench standard budgets per dataset group (L1: Croce & Hein 2021, CIFAR-10)
+#: AutoAttack / RobustBench standard budgets per dataset group (L1: Croce & Hein 2021, CIFAR-10; MNIST:
+#: Tramer & Boneh 2019, Maini et al. 2020)
 STANDARD_BUDGETS: dict[str, dict[str, float]] = {
-    "mnist": {"linf": 0.3, "l2": 2.0},
+    "mnist": {"linf": 0.3, "l2": 2.0, "l1": 10.0},
     "cifar10": {"linf": 8 / 255, "l2": 0.5, "l1": 12.0},
     "imagenet": {"linf": 4 / 255, "l2": 3.0},
 }

@@ -115,7 +115,10 @@ def check_budget(eps: Any, norm: str, name: str = "eps") -> float:
 
 
 def check_budget_fits(eps: float, norm: str, pixels: int, name: str = "eps") -> None:
-    """An L2 budget >= sqrt(pixels) (the box's diameter) constrains nothing."""
+    """An L2 budget >= sqrt(pixels) or an L1 budget >= pixels (the box's diameter) constrains nothing."""
     if norm == "l2" and eps >= math.sqrt(pixels):
         raise ValueError(f"{name} (L2 budget) must be < sqrt({pixels}) = {math.sqrt(pixels):.4g} for these "
                          f"images, got {eps}: the ball holds every image in [0, 1] (no budget)")
+    if norm == "l1" and eps >= pixels:
+        raise ValueError(f"{name} (L1 budget) must be < {pixels} (the number of values) for these images, "
+                         f"got {eps}: the ball holds every image in [0, 1] (no budget)")

@@ -110,12 +110,51 @@ def l1_norm(t: Tensor) -> Tensor:
 #: the per-sample norm of each threat model, and its dual (the norm of a gradient that gives the
 #: first-order distance |f| / ||grad f||_dual to a hyperplane)
 NORMS = {"l2": l2_norm, "linf": linf_norm, "l1": l1_norm}
-DUAL_NORMS = {"l2": l2_norm, "linf": l1_norm}
+DUAL_NORMS = {"l2": l2_norm, "linf": l1_norm, "l1": linf_norm}
+
+
+def project_l1(x_adv: Tensor, x: Tensor, eps: Tensor | float) -> Tensor:
+    """The exact Euclidean projection of ``x_adv`` onto B_1[x; eps] intersected with the box [0, 1]
+    (Croce & Hein 2021, "Mind the box", Lemma 1); ``eps`` scalar or per sample.
+
+    Unlike L2 and Linf, projecting onto the ball and then clipping is not the projection onto the
+    intersection. With v = x_adv - x, the solution is d_i = sign(v_i) clamp(|v_i| - lam, 0, b_i), b_i
+    the room the box leaves in v_i's direction (1 - x_i or x_i), lam >= 0 the least threshold with
+    ||d||_1 <= eps. phi(lam) = ||d(lam)||_1 is piecewise linear and non-increasing, with breakpoints
+    |v_i| - b_i (coordinate i leaves its bound) and |v_i| (it reaches 0); after sorting them phi is
+    exact at each breakpoint (a cumulative sum of slopes), so lam is found by linear interpolation on
+    the segment where phi crosses eps. Computed in float64 so that ||d||_1 <= eps holds after casting.
+    """
+    shape, dtype = x_adv.shape, x_adv.dtype
+    xf, v = x.flatten(1).double(), (x_adv - x).flatten(1).double()
+    a = v.abs()
+    b = torch.where(v >= 0, 1.0 - xf, xf).clamp_min(0.0)
+    eps_t = torch.as_tensor(eps, dtype=torch.float64, device=x.device).expand(shape[0])
+    room = torch.minimum(a, b)  # the box's projection, d(0)
+    # breakpoints: +1 active coordinate from |v_i| - b_i on, -1 from |v_i| on (where a_i > b_i is false,
+    # |v_i| - b_i <= 0: the coordinate is active from lam = 0)
+    t = torch.cat([a - b, a], dim=1)
+    w = torch.cat([torch.ones_like(a), -torch.ones_like(a)], dim=1)
+    t, order = t.sort(dim=1)
+    active = w.gather(1, order).cumsum(1)  # coordinates moving with lam just after t_j
+    gaps = torch.diff(t, dim=1, prepend=t[:, :1])
+    phi = b.sum(1, keepdim=True) - torch.cat([torch.zeros_like(t[:, :1]), (active[:, :-1] * gaps[:, 1:]).cumsum(1)], 1)
+    over = room.sum(1) > eps_t
+    # the last breakpoint with phi >= eps: lam lies on the segment after it (phi there has slope -active)
+    j = ((phi >= eps_t[:, None]).sum(1) - 1).clamp_min(0)[:, None]
+    lam = t.gather(1, j) + (phi.gather(1, j) - eps_t[:, None]) / active.gather(1, j).clamp_min(1.0)
+    lam = torch.where(over[:, None], lam.clamp_min(0.0), torch.zeros_like(lam))
+    d = torch.sign(v) * torch.minimum((a - lam).clamp_min(0.0), b)
+    return (xf + d).clamp(0.0, 1.0).to(dtype).view(shape)
+
+
+#: the projection onto B_norm[x; eps] intersected with the box, per norm
+PROJECTIONS = {"l2": project_l2, "linf": project_linf, "l1": project_l1}
 
 
 def project_ball(x_adv: Tensor, x: Tensor, eps: Tensor | float, norm: str) -> Tensor:
-    """proj onto B_norm[x; eps] then the box, ``norm`` "l2" or "linf" (thesis eq. 2.14, 2.16)."""
-    return project_l2(x_adv, x, eps) if norm == "l2" else project_linf(x_adv, x, eps)
+    """proj onto B_norm[x; eps] and the box, ``norm`` "l2", "linf" (thesis eq. 2.14, 2.16) or "l1"."""
+    return PROJECTIONS[norm](x_adv, x, eps)
 
 
 def box_radius(x: Tensor, norm: str) -> Tensor:
@@ -133,12 +172,18 @@ def project_hyperplane_box(p: Tensor, w: Tensor, b: Tensor, norm: str) -> Tensor
     breakpoints t_i = s_i / v_i (s_i the bound coordinate i saturates at), so t is exact after
     sorting them: for t between breakpoints, phi(t) = sum_saturated w_i s_i + t sum_free w_i v_i.
     When even t = inf misses c (the plane lies outside the box), every coordinate saturates.
+
+    L1 (a fractional knapsack): moving coordinate i towards its bound s_i gains |w_i| of <w, d> per
+    unit of |d_i|, so the least-L1 d saturates the coordinates in decreasing order of |w_i| and moves
+    the one that reaches c part of the way; the others stay.
     """
     shape = p.shape
     p, w = p.flatten(1), w.flatten(1)
     c = b - (w * p).sum(1)
     sign = torch.where(c < 0, -1.0, 1.0).to(w.dtype)
     w, c = w * sign[:, None], c * sign
+    if norm == "l1":
+        return _hyperplane_box_l1(p, w, c).view(shape)
     v = w if norm == "l2" else w.sign()
     lb, ub = -p, 1.0 - p
     s = torch.where(w > 0, ub, lb)
@@ -158,3 +203,21 @@ def project_hyperplane_box(p: Tensor, w: Tensor, b: Tensor, norm: str) -> Tensor
     d = torch.minimum(torch.maximum(view_as_batch(lam, v) * v, lb), ub)
     d = torch.where(feasible[:, None], d, torch.where(moving, s, torch.zeros_like(s)))
     return d.view(shape)
+
+
+def _hyperplane_box_l1(p: Tensor, w: Tensor, c: Tensor) -> Tensor:
+    """``project_hyperplane_box``'s L1 case on flat [B, d] tensors, the gap c >= 0 (w flipped)."""
+    s = torch.where(w > 0, 1.0 - p, -p) * (w != 0)
+    order = w.abs().argsort(dim=1, descending=True)
+    gain = (w * s).gather(1, order)  # >= 0: what saturating each coordinate adds to <w, d>
+    before = gain.cumsum(1) - gain
+    reach = before + gain >= c[:, None]
+    feasible = reach.any(1)
+    k = reach.int().argmax(1, keepdim=True)
+    wk = w.gather(1, order.gather(1, k))
+    part = ((c[:, None] - before.gather(1, k)) / torch.where(wk == 0, torch.ones_like(wk), wk))
+    rank = torch.arange(w.shape[1], device=w.device)[None, :]
+    d_sorted = torch.where(rank < k, s.gather(1, order), torch.zeros_like(s))
+    d_sorted = d_sorted.scatter(1, k, torch.minimum(part.abs(), s.gather(1, order.gather(1, k)).abs()) * wk.sign())
+    d = torch.zeros_like(s).scatter(1, order, d_sorted)
+    return torch.where(feasible[:, None], d, s)
