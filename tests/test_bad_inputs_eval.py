@@ -64,7 +64,7 @@ def test_an_fsa_entry_without_files_validates(suite):
 def fitted_by_mock(monkeypatch):
     """The FSA fitting calls of ``featspace/provision.py`` replaced by copies of a small untrained pair
     (the code path around them runs as is); returns the list of files they were asked to write."""
-    import advtrain.featspace.__main__ as cli
+    import advtrain.featspace.fitting as fitting
     import advtrain.featspace.decoder as decoder
 
     pair, calls = untrained_style_pair(), []
@@ -78,7 +78,7 @@ def fitted_by_mock(monkeypatch):
         calls.append(Path(out))
         return Path(shutil.copyfile(pair["decoder"], out))
 
-    monkeypatch.setattr(cli, "train_encoder", encoder)
+    monkeypatch.setattr(fitting, "train_encoder", encoder)
     monkeypatch.setattr(decoder, "fit_style_decoder", fit_decoder)
     return calls
 

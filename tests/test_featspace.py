@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from advtrain.attacks import build_attack
-from advtrain.attacks.features import features
+from advtrain.nn.layers import features
 from advtrain.featspace.bound import R_LINEAR, QuantileBound, barrier, floored_std, plane_bounds
 from advtrain.featspace.decoder import Decoder, adain, fit_style_decoder
 from advtrain.featspace.encoder import Encoder, MnistVggMini

@@ -9,7 +9,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import Attack, AttackContext, check_budget, check_count, check_fraction, check_seed
+from .base import Attack, AttackContext
+from ..ops.checks import check_budget, check_count, check_fraction, check_seed
 from .losses import is_adversarial
 from ..ops.norms import l2_norm, linf_norm, normalize_l2, project_l2, project_linf, quantize as quantize_8bit
 from ..ops.norms import view_as_batch

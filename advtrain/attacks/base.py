@@ -7,25 +7,22 @@ and computes the reported success mask and distortions from the returned images.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, ClassVar, Iterator
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .losses import get_loss, is_adversarial
-from ..ops.checks import (check_budget, check_budget_fits, check_choice, check_count, check_flag, check_fraction,
-                          check_number, check_odd_size, check_positive, check_range, check_seed)
+from ..nn.state import frozen_eval
+from ..ops.checks import check_budget_fits, check_flag
 from ..ops.norms import l2_norm, linf_norm, quantize as quantize_8bit
 
-#: the validators, one place (``ops.checks``); re-exported for the attacks
-__all__ = ["Attack", "AttackContext", "AttackResult", "BestTracker", "Family", "check_budget", "check_budget_fits",
-           "check_choice", "check_count", "check_flag", "check_fraction", "check_inputs", "check_label_range",
-           "check_logits", "check_model", "check_number", "check_odd_size", "check_positive", "check_range",
-           "check_seed", "frozen_eval", "success_on"]
+#: the option validators live in ``ops.checks`` (their one home); the model-state guard in ``nn.state``
+__all__ = ["Attack", "AttackContext", "AttackResult", "BestTracker", "Family", "check_inputs", "check_label_range",
+           "check_logits", "check_model", "frozen_eval", "success_on"]
 
 
 class AttackResult:
@@ -154,24 +151,6 @@ def draws_per_call(model: nn.Module) -> int:
     EOT (``advtrain.defenses.eot.EOT``: the mean over that many random draws), else 1. Attacks count
     calls; the reported ``grads`` and ``queries`` are multiplied by this, so every draw is counted."""
     return int(getattr(model, "eot_samples", 1))
-
-
-@contextlib.contextmanager
-def frozen_eval(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
-    """Eval mode and ``requires_grad=False`` on parameters for the duration; both restored."""
-    modes = {m: m.training for m in model.modules()}
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        if eval_mode:
-            model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def check_model(model: object) -> None:

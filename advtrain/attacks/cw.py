@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from ..smoothing import LaplacianSmoother, check_smoothing_options
-from .base import Attack, AttackContext, BestTracker, check_count, check_positive
+from .base import Attack, AttackContext, BestTracker
+from ..ops.checks import check_count, check_positive
 from .losses import margin_loss
 from ..ops.norms import clip_box, quantize as quantize_8bit
 from .registry import register_attack

@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import AttackContext, check_choice, check_count, check_fraction, check_positive, check_range
-from .features import LayerTap, find_layers, layer_hooks, layer_names
+from .base import AttackContext
+from ..ops.checks import check_choice, check_count, check_fraction, check_positive, check_range
+from ..nn.layers import LayerTap, find_layers, layer_hooks, layer_names
 from .momentum import MomentumIterative
 from ..ops.norms import project_linf, view_as_batch
 from .registry import register_attack

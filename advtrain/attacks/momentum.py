@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Attack, AttackContext, check_budget, check_count, check_odd_size, check_positive, check_range
+from .base import Attack, AttackContext
+from ..ops.checks import check_budget, check_count, check_odd_size, check_positive, check_range
 from ..ops.norms import project_linf, view_as_batch
 from .registry import register_attack
 

@@ -23,9 +23,10 @@ from typing import Any
 import yaml
 
 from ..attacks import ATTACKS, Attack, build_attack
-from ..attacks.base import check_positive
+from ..ops.checks import check_positive
 from ..data.specs import dataset_spec
 from ..registry import check_kwargs, valid_options
+from .threats import STANDARD_BUDGETS
 
 #: the named suite files (package data: found in an installed package too)
 SUITES_DIR = files(__package__) / "suites"
@@ -195,7 +196,6 @@ _RELIABLE_BUDGETS = {"mnist": [1.0, 2.0], "cifar10": [0.35, 0.7], "imagenet": [0
 def _reliable_entries(group: str, budgets: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """The entries of the reliable suite for ``group`` with the standard budgets ``budgets`` (norm ->
     eps; default ``threats.STANDARD_BUDGETS[group]``)."""
-    from .threats import STANDARD_BUDGETS
     std = {**STANDARD_BUDGETS[group], **(budgets or {})}
     sweep = _RELIABLE_BUDGETS[group]
     l2_ce = sorted({*sweep, std["l2"]})

@@ -18,6 +18,12 @@ import torch
 import yaml
 
 from ..cli import run_with_clean_errors
+from ..evaluation.checkpoint import load_checkpoint
+from ..evaluation.guards import check_output_dir
+from ..ops.checks import check_count, check_positive
+from .decoder import fit_style_decoder
+from .fitting import train_encoder, train_split
+from .stats import fit_activation_stats
 
 DECODER_KEYS = {"encoder", "out", "dataset", "encoder_epochs", "steps", "batch_size", "lr", "hidden",
                 "style_weight", "seed", "checkpoint_every"}
@@ -28,23 +34,11 @@ def check_output_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"--out {path} is a folder: give the file to write (e.g. {path / 'file.safetensors'})")
-    from ..evaluation.guards import check_output_dir
     check_output_dir(path.parent)
     return path
 
 
-def train_split(dataset: str, batch_size: int = 256):
-    from ..data import build_datamodule
-
-    dm = build_datamodule(dataset, batch_size=batch_size, seed=0)
-    dm.setup()
-    return dm
-
-
 def stats_command(args: argparse.Namespace) -> Path:
-    from ..evaluation.checkpoint import load_checkpoint
-    from .stats import fit_activation_stats
-
     out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent / "d2b_stats.safetensors"
     check_output_file(out)
     model, _, dm_hp = load_checkpoint(args.ckpt)
@@ -55,16 +49,6 @@ def stats_command(args: argparse.Namespace) -> Path:
     print(f"activation statistics of {', '.join(stats.layers)} over {stats.count} images: {out} "
           f"(fitted in {time.perf_counter() - start:.1f} s)")
     return out
-
-
-def train_encoder(out: str | Path, dataset: str = "mnist_embedded", epochs: int = 3, seed: int = 0) -> Path:
-    from .encoder import fit_encoder
-
-    dm = train_split(dataset, batch_size=64)
-    start = time.perf_counter()
-    path = fit_encoder(dm.train_dataloader(), epochs=epochs, seed=seed).save(out)
-    print(f"encoder: {path} ({epochs} epochs, fitted in {time.perf_counter() - start:.0f} s)")
-    return path
 
 
 def load_decoder_config(path: str | Path) -> dict:
@@ -83,7 +67,6 @@ def load_decoder_config(path: str | Path) -> dict:
     for key in ("encoder", "out"):
         if key not in cfg:
             raise ValueError(f"{path}: missing key {key!r}")
-    from ..attacks.base import check_count, check_positive
     try:  # types and ranges now, not after the encoder trained
         for key in ("encoder_epochs", "steps", "batch_size", "hidden", "checkpoint_every"):
             if key in cfg:
@@ -99,8 +82,6 @@ def load_decoder_config(path: str | Path) -> dict:
 
 
 def decoder_command(args: argparse.Namespace) -> Path:
-    from .decoder import fit_style_decoder
-
     cfg = load_decoder_config(args.config)
     check_output_file(cfg["out"])
     dataset = cfg.get("dataset", "mnist_embedded")
@@ -133,7 +114,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "stats":
         stats_command(args)
     elif args.command == "encoder":
-        from ..attacks.base import check_count
         check_count("--epochs (an untrained encoder is no encoder)", args.epochs)
         check_output_file(args.out)
         train_encoder(args.out, epochs=args.epochs)
