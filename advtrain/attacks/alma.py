@@ -135,7 +135,6 @@ class ALMAL2(Attack):
             if i:  # ||delta||_2 has no gradient at delta = 0
                 objective = objective + l2_norm(seen - x)
             (g,) = torch.autograd.grad(objective.sum(), seen)
-            ctx.grads += 1
             if i == 0:
                 lr = initial_lr(x, g, self.init_lr_distance)
             decay = self.lr_reduction ** ((i - found_at).clamp(min=0) / (self.steps - found_at).clamp(min=1))

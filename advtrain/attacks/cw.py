@@ -88,7 +88,6 @@ class CarliniWagnerL2(Attack):
                 objective = r.flatten(1).square().sum(1) + const * loss_fn(logits, ctx.y, ctx.targets)
                 opt.zero_grad(set_to_none=True)
                 objective.sum().backward()
-                ctx.grads += 1
                 found |= self._track(ctx, best, x_adv.detach(), logits.detach())
                 opt.step()
             with torch.no_grad():  # the iterate after the last step

@@ -156,7 +156,6 @@ class D2B(Attack):
                 logits, hinge, bar, inside = self._evaluate(ctx, tap, bounds, stats, xi, active, labels, targets)
                 if not last:
                     (g,) = torch.autograd.grad((hinge.double() + self.barrier_weight * bar.double()).sum(), xi)
-                    ctx.grads += 1
             hinge = hinge.detach()
             better = inside & is_adversarial(logits.detach(), labels, targets) & (hinge < best_hinge[active])
             best[active[better]] = xi.detach()[better]

@@ -85,6 +85,5 @@ class DeepFool(Attack):
         def gap(logits: Tensor, *_: object) -> Tensor:
             return logits.gather(1, c_rep[:, None]).squeeze(1) - logits.gather(1, y_rep[:, None]).squeeze(1)
 
-        logits, f, w = ctx.loss_and_grad(x_rep, gap)
-        ctx.grads += k - 1  # one pass over k copies of the batch
+        logits, f, w = ctx.loss_and_grad(x_rep, gap, copies=k)  # one pass over k copies: k gradients
         return f.view(n, k), w.view(n, k, *x.shape[1:]), logits.view(n, k, -1)[:, 0]

@@ -98,7 +98,6 @@ class FeatureLevel(MomentumIterative):
         logits, feat = self._tapped(ctx, x, leaf=True)
         out = logits.float().softmax(1) if target == "prob" else logits.float()
         (g,) = torch.autograd.grad(out.gather(1, ctx.y[:, None]).sum(), feat)
-        ctx.grads += 1
         return g.float()
 
 

@@ -117,7 +117,6 @@ class FSA(Attack):
                 break
             opt.zero_grad(set_to_none=True)
             (content + self.adv_weight * hinge).sum().backward(inputs=[tau])
-            ctx.grads += 1
             opt.step()
             with torch.no_grad():
                 tau.clamp_(-self.log_bound, self.log_bound)

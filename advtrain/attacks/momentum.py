@@ -117,7 +117,6 @@ class MomentumIterative(Attack):
         x_adv = x_adv.detach().requires_grad_(True)
         loss = self._objective(ctx, input_diversity(x_adv, self.diversity_prob, self.resize_rate))
         (g,) = torch.autograd.grad(loss.sum(), x_adv)
-        ctx.grads += 1
         return g.detach()
 
     def _run(self, ctx: AttackContext) -> Tensor:
