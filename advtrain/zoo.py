@@ -21,7 +21,7 @@ import torch
 from .cli import run_with_clean_errors
 from .data import build_datamodule
 from .evaluation.guards import check_output_dir
-from .files import atomic_write
+from .io.files import atomic_write
 from .models.factory import BUILTIN
 from .training.plain_loop import Recipe, train_plain
 

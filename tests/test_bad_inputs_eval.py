@@ -27,7 +27,7 @@ from advtrain.cli import run_with_clean_errors
 from advtrain.evaluation import run_suite
 from advtrain.evaluation.suite import load_suite, parse_suite
 from advtrain.featspace.stats import ActivationStats, fit_activation_stats
-from advtrain.files import folder_lock, temporary_for
+from advtrain.io.files import folder_lock, temporary_for
 from advtrain.models import build_model
 from featspace_files import untrained_style_pair
 from test_bad_inputs import TINY, cli_error, data, files, one_line, script, suite_file  # noqa: F401 (fixtures)
@@ -123,7 +123,7 @@ def test_the_readme_unrestricted_example_runs_end_to_end_on_a_fresh_folder(train
 
 
 # ------------------------------------------------------------------ 2. one run per output folder
-HOLD = "import sys, time; from advtrain.files import folder_lock\nwith folder_lock(sys.argv[1]):\n" \
+HOLD = "import sys, time; from advtrain.io.files import folder_lock\nwith folder_lock(sys.argv[1]):\n" \
        "    print('held', flush=True); time.sleep(120)\n"
 
 

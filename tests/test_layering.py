@@ -4,7 +4,7 @@ Bottom to top; a module imports only from its own floor or below, and never insi
 method (a function-level import of an advtrain module is how a cycle hides). Lazy imports of heavy
 third-party packages (matplotlib, faiss, lightning callbacks) inside functions stay allowed.
 
-Beyond DESIGN.md's list: ``autoload`` and ``files`` (import nothing of advtrain) sit on the first floor
+Beyond DESIGN.md's list: ``autoload`` (imports nothing of advtrain) sits on the first floor
 with ``registry``; ``cli`` (the shared command-line plumbing), ``zoo`` (``python -m advtrain.zoo``) and
 the repo-root ``callbacks/`` (installed as ``advtrain.callbacks``) on the top floor; every ``__main__``
 module is a command line, top floor wherever it sits, and no module imports one.
@@ -23,7 +23,7 @@ CALLBACKS = REPO / "callbacks"
 
 #: DESIGN.md's floors, bottom (1) to top (7), by the first name under ``advtrain``
 FLOORS: dict[str, int] = {
-    "ops": 1, "nn": 1, "io": 1, "registry": 1, "distributed": 1, "autoload": 1, "files": 1,
+    "ops": 1, "nn": 1, "io": 1, "registry": 1, "distributed": 1, "autoload": 1,
     "models": 2, "data": 2, "smoothing": 2,
     "featspace": 3,
     "attacks": 4,

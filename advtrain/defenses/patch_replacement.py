@@ -29,7 +29,7 @@ from ..nn.state import eval_mode
 from ..registry import check_kwargs
 from .codebooks import (Codebook, E8Codebook, PQCodebook, build_codebook, check_kind, fit_kmeans,
                         load_safetensors, progress_bar, save_safetensors)
-from ..models.fingerprint import weights_sha256
+from ..io.fingerprint import weights_sha256
 from .defended import ATTACK_VIEWS, Defended
 from .patches import PatchGeometry, extract_patches, fold_columns, fold_patches, sample_patches
 from .registry import register_defense

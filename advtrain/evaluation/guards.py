@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..attacks.base import check_logits
 from ..ops.checks import check_count, check_positive
 from ..defenses.defended import ATTACK_VIEWS
-from ..models.fingerprint import check_finite_state
+from ..io.fingerprint import check_finite_state
 from ..models.normalize import Normalize
 
 QUANTIZE_CHOICES = {"both": ("unquantized", "quantized"), "no": ("unquantized",), "yes": ("quantized",)}

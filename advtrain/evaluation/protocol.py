@@ -32,10 +32,10 @@ from ..data import D_UPP
 from ..defenses.defended import Defended
 from ..defenses.eot import EOT, misclassified, plan_draws
 from ..featspace.provision import provision
-from ..models.fingerprint import weights_sha256
+from ..io.fingerprint import weights_sha256
 from ..ops.norms import within_budget
 from ..distributed import batch_seed, broadcast, dist_info, gather, my_batches
-from ..files import folder_lock
+from ..io.files import folder_lock
 from ..nn.state import eval_mode
 from .examples import ADVERSARIALS_FILE, UNRESTRICTED_EXAMPLES, Adversarials, load_adversarials, save_examples
 from .guards import (QUANTIZE_CHOICES, as_labels, check_attacks_on, check_images, check_model, check_model_on,
@@ -268,7 +268,7 @@ def _save(out_dir: Path | None, results: dict, stores: dict[str, Adversarials], 
 
 
 def _owning_out_dir(fn: Callable[..., dict]) -> Callable[..., dict]:
-    """``fn`` holding its ``out_dir`` (rank 0, the writer): one run per folder (``advtrain/files.py``)."""
+    """``fn`` holding its ``out_dir`` (rank 0, the writer): one run per folder (``advtrain/io/files.py``)."""
     @functools.wraps(fn)
     def owner(*args: Any, **kw: Any) -> dict:
         out = kw.get("out_dir")

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..data import NamedDataModule
 from ..models.imagenet_lite import LITE, efficientnet_lite_imagenet, foolbox_imagenet_samples
-from ..files import folder_lock
+from ..io.files import folder_lock
 from .checkpoint import load_checkpoint
 from .guards import check_output_dir
 from ..distributed import dist_info, launch

@@ -1,0 +1,3 @@
+"""Reading and writing files: the one atomic write and the one-run-per-folder lock (``files.py``),
+the weights content hash and the finite check of loaded tensors (``fingerprint.py``). Imports nothing
+of advtrain."""
