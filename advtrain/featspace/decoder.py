@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from ..nn.layers import LayerTap
 from ..ops.checks import check_count, check_positive
-from .artifacts import check_bound_to, load_artifact, save_artifact
+from ..io.artifacts import check_bound_to, load_artifact, save_artifact
 from .encoder import Encoder
 
 KIND = "fsa-decoder"

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.checks import check_count, check_positive
-from .artifacts import load_artifact, save_artifact, weights_hash
+from ..io.artifacts import load_artifact, save_artifact, weights_hash
 
 KIND = "fsa-encoder"
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import decoder, fitting
-from .artifacts import weights_hash
+from ..io.artifacts import weights_hash
 from .stats import fit_activation_stats
 
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..nn.layers import LayerTap, find_layers
 from ..nn.state import frozen_eval
-from .artifacts import check_bound_to, load_artifact, save_artifact, weights_hash
+from ..io.artifacts import check_bound_to, load_artifact, save_artifact, weights_hash
 
 KIND = "d2b-activation-stats"
 

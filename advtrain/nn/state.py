@@ -1,9 +1,9 @@
 """The one guard of a model's state: eval mode and frozen parameters for a block, both restored.
 
 Every place that switches a model to eval mode (attacks, the evaluation protocol, the transfer
-matrix, patch-codebook fitting, activation statistics) goes through :func:`model_state`: each
-submodule's ``training`` flag and each parameter's ``requires_grad`` are recorded on entry and put
-back on exit, also on errors.
+matrix, patch-codebook fitting and the codebook callback's accuracy, activation statistics) goes
+through :func:`model_state`: each submodule's ``training`` flag and each parameter's
+``requires_grad`` are recorded on entry and put back on exit, also on errors.
 """
 from __future__ import annotations
 
