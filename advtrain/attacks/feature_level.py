@@ -7,7 +7,7 @@
 * ``ilpd`` Li et al. 2023 (ILPD): cross-entropy through a decayed intermediate-level perturbation.
 
 The layer is a module path of the attacked model (``layer="net.features.3"`` for a built-in C4),
-read and replaced with forward hooks only (``features.py``). Without ``layer`` a middle layer is
+read and replaced with forward hooks only (``advtrain/nn/layers.py``). Without ``layer`` a middle layer is
 inferred (``default_layer``). All are untargeted, Linf-budgeted (``family="distortion"``), and
 count every forward+backward: NAA and FIA cost ``ens + steps`` gradients. Algorithms, defaults and
 the official codes' deviations: /shared/FEATURE_ATTACKS.md section 3.
