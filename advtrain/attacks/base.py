@@ -111,6 +111,7 @@ class AttackContext:
             return
 
         def count(_grads: object) -> None:
+            # the backward's id: what register_multi_grad_hook's "any" mode itself keys on (once per backward)
             task = torch._C._current_graph_task_id()
             if task != self._counted_task:  # one backward through several forward passes counts once
                 self._counted_task = task
