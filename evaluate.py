@@ -193,8 +193,8 @@ def evaluate(args: argparse.Namespace, job: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if "--transfer" in argv:  # its own options: advtrain/evaluation/transfer_cli.py
-        from advtrain.evaluation.transfer_cli import main as transfer_main
+    if "--transfer" in argv:  # its own options: advtrain/cli/transfer.py
+        from advtrain.cli.transfer import main as transfer_main
         return transfer_main([a for a in argv if a != "--transfer"])
     args = parse_args(argv)
     with ExitStack() as held:

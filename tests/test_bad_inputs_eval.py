@@ -369,7 +369,7 @@ def test_nan_logits_on_adversarial_images_are_never_a_success(trained_c4, correc
 
 # ------------------------------------------------------------------ 5. untrained artifacts are not written
 def featspace_error(capsys, *args: str) -> str:
-    from advtrain.featspace.__main__ import main
+    from advtrain.cli.featspace import main
 
     with pytest.raises(SystemExit) as exc:
         run_with_clean_errors(lambda: main(list(args)), "featspace")
@@ -582,7 +582,7 @@ def test_a_defense_option_of_the_wrong_type_names_it(script, files, capsys, tmp_
 
 
 def test_transfer_sources_are_resolved_inside_the_zoo(zoo, tmp_path):
-    from advtrain.evaluation.transfer_cli import parse_args, prepare
+    from advtrain.cli.transfer import parse_args, prepare
 
     suite = suite_file(tmp_path, [{"attack": "fgsm", "budgets": [0.3]}])
     job = prepare(parse_args(["--zoo", str(zoo), "--sources", "a", "--suite", suite, "--n", "4",

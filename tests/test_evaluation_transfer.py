@@ -1,4 +1,4 @@
-"""Transfer evaluation (evaluation/transfer.py, transfer_cli.py, evaluate.py --transfer) and the
+"""Transfer evaluation (evaluation/transfer.py, cli/transfer.py, evaluate.py --transfer) and the
 MNIST zoo recipe (advtrain/zoo.py), on tiny members trained for one epoch on 512 digits."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import yaml
 from advtrain.evaluation import transfer as transfer_mod
 from advtrain.evaluation.suite import parse_suite
 from advtrain.evaluation.transfer import transfer_matrix, weights_hash
-from advtrain.evaluation.transfer_cli import zoo_members
+from advtrain.cli.transfer import zoo_members
 from advtrain.models import build_model
 from advtrain.zoo import Recipe, train_zoo
 

@@ -5,7 +5,7 @@ method (a function-level import of an advtrain module is how a cycle hides). Laz
 third-party packages (matplotlib, faiss, lightning callbacks) inside functions stay allowed.
 
 Beyond DESIGN.md's list: ``autoload`` (imports nothing of advtrain) sits on the first floor
-with ``registry``; ``cli`` (the shared command-line plumbing), ``zoo`` (``python -m advtrain.zoo``) and
+with ``registry``; ``cli`` (the command lines and their shared plumbing), ``zoo`` (``python -m advtrain.zoo``) and
 the repo-root ``callbacks/`` (installed as ``advtrain.callbacks``) on the top floor; every ``__main__``
 module is a command line, top floor wherever it sits, and no module imports one.
 """

@@ -24,12 +24,12 @@ from torch import nn
 from ..data import NamedDataModule
 from ..models.imagenet_lite import LITE, efficientnet_lite_imagenet, foolbox_imagenet_samples
 from ..io.files import folder_lock
-from .checkpoint import load_checkpoint
-from .guards import check_output_dir
+from ..evaluation.checkpoint import load_checkpoint
+from ..evaluation.guards import check_output_dir
 from ..distributed import dist_info, launch
-from .suite import load_suite
-from .transfer import transfer_matrix
-from .transfer_report import plot_transfer, write_transfer_report
+from ..evaluation.suite import load_suite
+from ..evaluation.transfer import transfer_matrix
+from ..evaluation.transfer_report import plot_transfer, write_transfer_report
 
 CHECKPOINT_NAMES = ("last.ckpt", "model.ckpt")
 

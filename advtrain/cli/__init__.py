@@ -7,8 +7,8 @@ import re
 import sys
 from typing import Callable
 
-from .data import MissingDatasetError
-from .registry import check_kwargs
+from ..data import MissingDatasetError
+from ..registry import check_kwargs
 
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, MissingDatasetError, TypeError, argparse.ArgumentError)
 
