@@ -42,7 +42,7 @@ from advtrain.evaluation import load_suite, run_suite  # noqa: E402
 from advtrain.evaluation.checkpoint import load_checkpoint  # noqa: E402
 from advtrain.distributed import dist_info, launch  # noqa: E402
 from advtrain.evaluation.external import load_model, safe_name  # noqa: E402
-from advtrain.files import folder_lock  # noqa: E402
+from advtrain.io.files import folder_lock  # noqa: E402
 from advtrain.evaluation.guards import check_output_dir, check_run_options  # noqa: E402
 from advtrain.evaluation.examples import load_rows  # noqa: E402
 from advtrain.evaluation.report import log_wandb, plot_curves, plot_examples, write_report  # noqa: E402
@@ -193,8 +193,8 @@ def evaluate(args: argparse.Namespace, job: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if "--transfer" in argv:  # its own options: advtrain/evaluation/transfer_cli.py
-        from advtrain.evaluation.transfer_cli import main as transfer_main
+    if "--transfer" in argv:  # its own options: advtrain/cli/transfer.py
+        from advtrain.cli.transfer import main as transfer_main
         return transfer_main([a for a in argv if a != "--transfer"])
     args = parse_args(argv)
     with ExitStack() as held:

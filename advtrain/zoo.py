@@ -18,7 +18,10 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_write
+from .cli import run_with_clean_errors
+from .data import build_datamodule
+from .evaluation.guards import check_output_dir
+from .io.files import atomic_write
 from .models.factory import BUILTIN
 from .training.plain_loop import Recipe, train_plain
 
@@ -40,7 +43,6 @@ def train_member(recipe: Recipe, limit: int | None = None, progress: bool = True
     mode, accuracy on the embedded MNIST test split, its first ``limit`` images when given)."""
     from torch.utils.data import DataLoader, Subset
 
-    from .data import build_datamodule
     model = train_plain(recipe, limit=limit, progress=progress)
     dm = build_datamodule(recipe.dataset, batch_size=500, seed=0)
     dm.setup()
@@ -99,11 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     bad = [m for m in args.only or [] if m not in ZOO]
     if bad:
         raise ValueError(f"unknown zoo member {', '.join(bad)}; known: {', '.join(ZOO)}")
-    from .evaluation.guards import check_output_dir
     check_output_dir(args.out)  # a file or a read-only folder: refused now, not after the training
     train_zoo(args.out, {k: ZOO[k] for k in args.only} if args.only else None, progress=not args.no_progress)
 
 
 if __name__ == "__main__":
-    from .cli import run_with_clean_errors
     run_with_clean_errors(main, "python -m advtrain.zoo")

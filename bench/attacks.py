@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from advtrain.attacks import ATTACKS, build_attack  # noqa: E402
-from advtrain.attacks.base import frozen_eval  # noqa: E402
+from advtrain.nn.state import frozen_eval  # noqa: E402
 from advtrain.data import build_datamodule  # noqa: E402
 from advtrain.models import build_model  # noqa: E402
 

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from advtrain.attacks import build_attack  # noqa: E402
-from advtrain.attacks.base import AttackResult, frozen_eval  # noqa: E402
+from advtrain.attacks.base import AttackResult  # noqa: E402
+from advtrain.nn.state import frozen_eval  # noqa: E402
 from advtrain.data import build_datamodule  # noqa: E402
 from advtrain.evaluation.perceptual import perceptual  # noqa: E402
 from advtrain.featspace.decoder import Decoder  # noqa: E402

@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from advtrain.defenses.patch_replacement import LayerConfig, PatchReplacement
+from advtrain.nn.state import eval_mode
 
 
 class FitPatchCodebooks(pl.Callback):
@@ -80,17 +81,11 @@ class FitPatchCodebooks(pl.Callback):
 
     def _accuracy(self, model: torch.nn.Module, loader) -> float:
         device = next(model.parameters()).device
-        modes = {m: m.training for m in model.modules()}
-        model.eval()
         correct = total = 0
-        try:
-            with torch.no_grad():
-                for i, (x, y) in enumerate(loader):
-                    if self.eval_batches is not None and i >= self.eval_batches:
-                        break
-                    correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
-                    total += len(y)
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
+        with eval_mode(model), torch.no_grad():
+            for i, (x, y) in enumerate(loader):
+                if self.eval_batches is not None and i >= self.eval_batches:
+                    break
+                correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
+                total += len(y)
         return correct / max(total, 1)

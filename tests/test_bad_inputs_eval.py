@@ -27,7 +27,7 @@ from advtrain.cli import run_with_clean_errors
 from advtrain.evaluation import run_suite
 from advtrain.evaluation.suite import load_suite, parse_suite
 from advtrain.featspace.stats import ActivationStats, fit_activation_stats
-from advtrain.files import folder_lock, temporary_for
+from advtrain.io.files import folder_lock, temporary_for
 from advtrain.models import build_model
 from featspace_files import untrained_style_pair
 from test_bad_inputs import TINY, cli_error, data, files, one_line, script, suite_file  # noqa: F401 (fixtures)
@@ -64,7 +64,7 @@ def test_an_fsa_entry_without_files_validates(suite):
 def fitted_by_mock(monkeypatch):
     """The FSA fitting calls of ``featspace/provision.py`` replaced by copies of a small untrained pair
     (the code path around them runs as is); returns the list of files they were asked to write."""
-    import advtrain.featspace.__main__ as cli
+    import advtrain.featspace.fitting as fitting
     import advtrain.featspace.decoder as decoder
 
     pair, calls = untrained_style_pair(), []
@@ -78,7 +78,7 @@ def fitted_by_mock(monkeypatch):
         calls.append(Path(out))
         return Path(shutil.copyfile(pair["decoder"], out))
 
-    monkeypatch.setattr(cli, "train_encoder", encoder)
+    monkeypatch.setattr(fitting, "train_encoder", encoder)
     monkeypatch.setattr(decoder, "fit_style_decoder", fit_decoder)
     return calls
 
@@ -123,7 +123,7 @@ def test_the_readme_unrestricted_example_runs_end_to_end_on_a_fresh_folder(train
 
 
 # ------------------------------------------------------------------ 2. one run per output folder
-HOLD = "import sys, time; from advtrain.files import folder_lock\nwith folder_lock(sys.argv[1]):\n" \
+HOLD = "import sys, time; from advtrain.io.files import folder_lock\nwith folder_lock(sys.argv[1]):\n" \
        "    print('held', flush=True); time.sleep(120)\n"
 
 
@@ -375,7 +375,7 @@ def test_nan_logits_on_adversarial_images_are_never_a_success(trained_c4, correc
 
 # ------------------------------------------------------------------ 5. untrained artifacts are not written
 def featspace_error(capsys, *args: str) -> str:
-    from advtrain.featspace.__main__ import main
+    from advtrain.cli.featspace import main
 
     with pytest.raises(SystemExit) as exc:
         run_with_clean_errors(lambda: main(list(args)), "featspace")
@@ -588,7 +588,7 @@ def test_a_defense_option_of_the_wrong_type_names_it(script, files, capsys, tmp_
 
 
 def test_transfer_sources_are_resolved_inside_the_zoo(zoo, tmp_path):
-    from advtrain.evaluation.transfer_cli import parse_args, prepare
+    from advtrain.cli.transfer import parse_args, prepare
 
     suite = suite_file(tmp_path, [{"attack": "fgsm", "budgets": [0.3]}])
     job = prepare(parse_args(["--zoo", str(zoo), "--sources", "a", "--suite", suite, "--n", "4",

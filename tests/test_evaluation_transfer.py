@@ -1,4 +1,4 @@
-"""Transfer evaluation (evaluation/transfer.py, transfer_cli.py, evaluate.py --transfer) and the
+"""Transfer evaluation (evaluation/transfer.py, cli/transfer.py, evaluate.py --transfer) and the
 MNIST zoo recipe (advtrain/zoo.py), on tiny members trained for one epoch on 512 digits."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import yaml
 from advtrain.evaluation import transfer as transfer_mod
 from advtrain.evaluation.suite import parse_suite
 from advtrain.evaluation.transfer import transfer_matrix, weights_hash
-from advtrain.evaluation.transfer_cli import zoo_members
+from advtrain.cli.transfer import zoo_members
 from advtrain.models import build_model
 from advtrain.zoo import Recipe, train_zoo
 
@@ -130,3 +130,15 @@ def test_two_processes_give_one_process_counts(zoo, tmp_path):
         outs.append(json.loads((out / "transfer.json").read_text())["cells"])
     for cid, cell in outs[0].items():
         assert cell["success"] == outs[1][cid]["success"] and cell["n"] == outs[1][cid]["n"]
+
+
+def test_models_leave_in_the_mode_they_came_in(zoo, mnist_test_batch):
+    """The matrix runs every model in eval mode and restores each submodule's flag after (nn.state)."""
+    from advtrain.evaluation.checkpoint import load_checkpoint
+
+    c4, mlp = (load_checkpoint(str(zoo / k / "last.ckpt"))[0].train() for k in ("c4", "mlp"))
+    mlp.net.eval()  # a mixed model: its own flags come back, not the top-level one everywhere
+    flags = {k: [m.training for m in net.modules()] for k, net in (("c4", c4), ("mlp", mlp))}
+    x, y = mnist_test_batch[0][:16], mnist_test_batch[1][:16]
+    transfer_matrix(parse_suite(SUITE[:1]), {"c4": c4}, {"mlp": mlp}, x, y, progress=False)
+    assert {k: [m.training for m in net.modules()] for k, net in (("c4", c4), ("mlp", mlp))} == flags

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from advtrain.attacks import build_attack
-from advtrain.attacks.features import features
+from advtrain.nn.layers import features
 from advtrain.featspace.bound import R_LINEAR, QuantileBound, barrier, floored_std, plane_bounds
 from advtrain.featspace.decoder import Decoder, adain, fit_style_decoder
 from advtrain.featspace.encoder import Encoder, MnistVggMini
@@ -212,7 +212,7 @@ def test_unrestricted_family_in_the_evaluation(trained_c4, mnist_dm, c4_stats, s
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    from advtrain.featspace.__main__ import main
+    from advtrain.cli.featspace import main
     from advtrain.cli import run_with_clean_errors
     bad = tmp_path / "bad.yaml"
     bad.write_text("encoder: a\nout: b\nstep: 3\n")
@@ -251,7 +251,7 @@ def test_fused_barrier_equals_the_definition_and_its_autograd_gradient():
 def test_stats_command_writes_the_statistics_beside_the_checkpoint(trained_c4, mnist_dm, tmp_path, capsys):
     """``python -m advtrain.featspace stats --ckpt``: the training split's statistics of the checkpoint's
     model, written beside it (the file a suite entry without ``stats`` would fit and cache there)."""
-    from advtrain.featspace.__main__ import main
+    from advtrain.cli.featspace import main
     from training_helpers import lightning_ckpt
 
     ckpt = lightning_ckpt(trained_c4.state_dict(), tmp_path / "last.ckpt")

@@ -1,9 +1,9 @@
-"""Layer access by module path (advtrain/attacks/features.py): record, replace, gradients, errors."""
+"""Layer access by module path (advtrain/nn/layers.py): record, replace, gradients, errors."""
 import pytest
 import torch
 from torch import nn
 
-from advtrain.attacks.features import LayerTap, features, find_layers, layer_hooks, layer_names
+from advtrain.nn.layers import LayerTap, features, find_layers, layer_hooks, layer_names
 from advtrain.models import build_model
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, BestTracker, check_count, check_positive, check_range
+from .base import Attack, AttackContext, BestTracker
+from ..ops.checks import check_count, check_positive, check_range
 from .losses import _other_max
 from ..ops.norms import clip_box, l2_norm, quantize as quantize_8bit, view_as_batch
 from .registry import register_attack
@@ -134,7 +135,6 @@ class ALMAL2(Attack):
             if i:  # ||delta||_2 has no gradient at delta = 0
                 objective = objective + l2_norm(seen - x)
             (g,) = torch.autograd.grad(objective.sum(), seen)
-            ctx.grads += 1
             if i == 0:
                 lr = initial_lr(x, g, self.init_lr_distance)
             decay = self.lr_reduction ** ((i - found_at).clamp(min=0) / (self.steps - found_at).clamp(min=1))

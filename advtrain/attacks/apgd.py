@@ -11,7 +11,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import Attack, AttackContext, check_budget, check_count, check_flag, check_fraction, check_seed
+from .base import Attack, AttackContext
+from ..ops.checks import check_budget, check_count, check_flag, check_fraction, check_seed
 from .losses import is_adversarial
 from ..ops.norms import l2_norm, linf_norm, normalize_l2, project_l1, project_l2, project_linf
 from ..ops.norms import quantize as quantize_8bit, quantize_within, view_as_batch

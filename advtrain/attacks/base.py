@@ -7,25 +7,23 @@ and computes the reported success mask and distortions from the returned images.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, ClassVar, Iterator
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import register_multi_grad_hook
 
 from .losses import get_loss, is_adversarial
-from ..ops.checks import (check_budget, check_budget_fits, check_choice, check_count, check_flag, check_fraction,
-                          check_number, check_odd_size, check_positive, check_range, check_seed)
+from ..nn.state import frozen_eval
+from ..ops.checks import check_budget_fits, check_flag
 from ..ops.norms import l2_norm, linf_norm, quantize as quantize_8bit
 
-#: the validators, one place (``ops.checks``); re-exported for the attacks
-__all__ = ["Attack", "AttackContext", "AttackResult", "BestTracker", "Family", "check_budget", "check_budget_fits",
-           "check_choice", "check_count", "check_flag", "check_fraction", "check_inputs", "check_label_range",
-           "check_logits", "check_model", "check_number", "check_odd_size", "check_positive", "check_range",
-           "check_seed", "frozen_eval", "success_on"]
+#: the option validators live in ``ops.checks`` (their one home); the model-state guard in ``nn.state``
+__all__ = ["Attack", "AttackContext", "AttackResult", "BestTracker", "Family", "check_inputs", "check_label_range",
+           "check_logits", "check_model", "frozen_eval", "success_on"]
 
 
 class AttackResult:
@@ -80,23 +78,55 @@ def success_on(model: nn.Module, ctx: "AttackContext", x_adv: Tensor, eval_mode:
 
 @dataclass
 class AttackContext:
-    """What :meth:`Attack._run` receives: the model, clean inputs, labels and optional targets."""
+    """What :meth:`Attack._run` receives: the model, clean inputs, labels and optional targets.
+
+    ``grads`` is measured, never declared: every forward pass through :meth:`forward` (or
+    :meth:`loss_and_grad`) that builds a graph gets an autograd hook on its input and output
+    (``register_multi_grad_hook``, mode "any"), and each backward pass (``backward`` or
+    ``autograd.grad``) that reaches one of them counts one gradient computation, once per backward
+    however many forward passes it runs through. The unit: one backward of the (sub)batch through the
+    model; a forward of ``copies`` stacked copies of it (DeepFool's k candidates in one pass) counts
+    ``copies``. An EOT model's draws are multiplied in by :class:`Attack` (``draws_per_call``).
+    """
 
     model: nn.Module
     x: Tensor
     y: Tensor
     targets: Tensor | None
     loss_fn: Callable[..., Tensor]
-    grads: int = 0
     queries: int = 0
     checked: bool = False
+    _grads: int = field(default=0, init=False, repr=False)
+    _counted_task: int = field(default=-1, init=False, repr=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    @property
+    def grads(self) -> int:
+        """Backward passes through the model so far (measured by the hooks of :meth:`_count_backward`)."""
+        return self._grads
+
+    def _count_backward(self, tensors: tuple[Tensor, ...], copies: int = 1) -> None:
+        """Count each later backward pass that reaches any of ``tensors`` (a forward's input and output)."""
+        tensors = tuple(t for t in tensors if isinstance(t, Tensor) and t.requires_grad)
+        if not tensors:
+            return
+
+        def count(_grads: object) -> None:
+            # the backward's id: what register_multi_grad_hook's "any" mode itself keys on (once per backward)
+            task = torch._C._current_graph_task_id()
+            if task != self._counted_task:  # one backward through several forward passes counts once
+                self._counted_task = task
+                self._grads += copies
+        register_multi_grad_hook(tensors, count, mode="any")
+
+    def forward(self, x: Tensor, copies: int = 1) -> Tensor:
         """The model's logits; the first call also checks them (logits, not probabilities) and the
         labels' range against their width, before any loss is taken (no extra forward pass), and
-        names the cause when it fails (images and model of another dtype, device, channel count)."""
+        names the cause when it fails (images and model of another dtype, device, channel count).
+        ``copies``: ``x`` stacks that many copies of the attacked (sub)batch (the count's unit)."""
         if self.checked:
-            return self.model(x)
+            logits = self.model(x)
+            self._count_backward((x, logits), copies)
+            return logits
         try:
             logits = self.model(x)
         except RuntimeError as err:
@@ -104,6 +134,7 @@ class AttackContext:
             if cause is None:
                 raise
             raise cause from err
+        self._count_backward((x, logits), copies)
         return self._checked(logits, x.shape[0])
 
     def _checked(self, logits: Tensor, batch: int) -> Tensor:
@@ -119,32 +150,33 @@ class AttackContext:
         with torch.no_grad():
             return self.forward(x)
 
-    def loss_and_grad(self, x: Tensor, loss_fn: Callable[..., Tensor] | None = None,
+    def loss_and_grad(self, x: Tensor, loss_fn: Callable[..., Tensor] | None = None, copies: int = 1,
                       ) -> tuple[Tensor, Tensor, Tensor]:
         """One forward+backward: returns (logits, per-sample loss, d loss / d x).
 
         Gradients are taken on the input only (``torch.autograd.grad``); no parameter gradient
-        accumulates. Counts one gradient computation (an EOT model's draws: see ``draws_per_call``).
+        accumulates. Counts one gradient computation, ``copies`` for ``copies`` stacked copies of the
+        batch (an EOT model's draws: see ``draws_per_call``).
         """
         x = x.detach().requires_grad_(True)
-        logits, loss = self._loss(x, loss_fn or self.loss_fn)
+        logits, loss = self._loss(x, loss_fn or self.loss_fn, copies)
         (grad,) = torch.autograd.grad(loss.sum(), x)
-        self.grads += 1
         return logits.detach(), loss.detach(), grad.detach()
 
     def is_adv(self, logits: Tensor) -> Tensor:
         return is_adversarial(logits, self.y, self.targets)
 
     # EOT (advtrain.defenses.eot; Athalye et al. 2018, AutoAttack's rand version) ------------------------
-    def _loss(self, x: Tensor, loss_fn: Callable[..., Tensor]) -> tuple[Tensor, Tensor]:
+    def _loss(self, x: Tensor, loss_fn: Callable[..., Tensor], copies: int = 1) -> tuple[Tensor, Tensor]:
         """(logits, per-sample loss) at ``x``. For a model seen through EOT (it has ``eot_draws(x)``: one
         logits tensor per random draw) the loss is the mean of the per-draw losses, so its gradient is
         the mean of the per-draw loss gradients, and the logits are the draws' mean (its forward)."""
         draws = getattr(self.model, "eot_draws", None)
         if draws is None:
-            logits = self.forward(x)
+            logits = self.forward(x, copies)
             return logits, loss_fn(logits, self.y, self.targets)
         per_draw = draws(x)
+        self._count_backward((x, *per_draw), copies)
         logits = self._checked(torch.stack(per_draw).mean(dim=0), x.shape[0])
         return logits, torch.stack([loss_fn(z, self.y, self.targets) for z in per_draw]).mean(dim=0)
 
@@ -154,24 +186,6 @@ def draws_per_call(model: nn.Module) -> int:
     EOT (``advtrain.defenses.eot.EOT``: the mean over that many random draws), else 1. Attacks count
     calls; the reported ``grads`` and ``queries`` are multiplied by this, so every draw is counted."""
     return int(getattr(model, "eot_samples", 1))
-
-
-@contextlib.contextmanager
-def frozen_eval(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
-    """Eval mode and ``requires_grad=False`` on parameters for the duration; both restored."""
-    modes = {m: m.training for m in model.modules()}
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        if eval_mode:
-            model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def check_model(model: object) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, BestTracker, check_count, check_positive, check_range
+from .base import Attack, AttackContext, BestTracker
+from ..ops.checks import check_count, check_positive, check_range
 from .losses import ce_difference
 from ..ops.norms import box_free, clip_box, l2_norm, normalize_l2, project_hyperplane_box, quantize as quantize_8bit, \
     view_as_batch

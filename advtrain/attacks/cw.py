@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from ..smoothing import LaplacianSmoother, check_smoothing_options
-from .base import Attack, AttackContext, BestTracker, check_count, check_positive
+from .base import Attack, AttackContext, BestTracker
+from ..ops.checks import check_count, check_positive
 from .losses import margin_loss
 from ..ops.norms import clip_box, quantize as quantize_8bit
 from .registry import register_attack
@@ -87,7 +88,6 @@ class CarliniWagnerL2(Attack):
                 objective = r.flatten(1).square().sum(1) + const * loss_fn(logits, ctx.y, ctx.targets)
                 opt.zero_grad(set_to_none=True)
                 objective.sum().backward()
-                ctx.grads += 1
                 found |= self._track(ctx, best, x_adv.detach(), logits.detach())
                 opt.step()
             with torch.no_grad():  # the iterate after the last step

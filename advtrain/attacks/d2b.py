@@ -17,9 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from ..featspace.bound import bounded_barrier, check_quantile, plane_bounds
-from ..featspace.stats import ActivationStats, default_planes
-from .base import Attack, AttackContext, check_count, check_positive, check_range
-from .features import LayerTap, find_layers
+from ..featspace.stats import ActivationStats, default_planes, fit_activation_stats
+from .base import Attack, AttackContext
+from ..ops.checks import check_count, check_positive, check_range
+from ..nn.layers import LayerTap, find_layers
 from .losses import is_adversarial, margin_loss
 from ..ops.norms import clip_box, quantize as quantize_8bit, view_as_batch
 from .registry import register_attack
@@ -92,7 +93,6 @@ class D2B(Attack):
             return ActivationStats.load(self.stats, ctx.model)
         warnings.warn("d2b without stats: using the attacked batch's own activation statistics (fit "
                       "training-split statistics with `python -m advtrain.featspace stats`)", stacklevel=3)
-        from ..featspace.stats import fit_activation_stats
         return fit_activation_stats(ctx.model, [ctx.x], layers or default_planes(ctx.model), progress=False)
 
     def check_model(self, model: nn.Module, logits: Tensor) -> None:
@@ -156,7 +156,6 @@ class D2B(Attack):
                 logits, hinge, bar, inside = self._evaluate(ctx, tap, bounds, stats, xi, active, labels, targets)
                 if not last:
                     (g,) = torch.autograd.grad((hinge.double() + self.barrier_weight * bar.double()).sum(), xi)
-                    ctx.grads += 1
             hinge = hinge.detach()
             better = inside & is_adversarial(logits.detach(), labels, targets) & (hinge < best_hinge[active])
             best[active[better]] = xi.detach()[better]

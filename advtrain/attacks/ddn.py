@@ -6,7 +6,8 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, BestTracker, check_count, check_positive, check_range
+from .base import Attack, AttackContext, BestTracker
+from ..ops.checks import check_count, check_positive, check_range
 from ..ops.norms import clip_box, l2_norm, normalize_l2, project_sphere, quantize as quantize_8bit
 from .registry import register_attack
 

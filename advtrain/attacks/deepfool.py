@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, BestTracker, check_count, check_positive
+from .base import Attack, AttackContext, BestTracker
+from ..ops.checks import check_count, check_positive
 from ..ops.norms import clip_box, l2_norm, quantize as quantize_8bit, view_as_batch
 from .registry import register_attack
 
@@ -84,6 +85,5 @@ class DeepFool(Attack):
         def gap(logits: Tensor, *_: object) -> Tensor:
             return logits.gather(1, c_rep[:, None]).squeeze(1) - logits.gather(1, y_rep[:, None]).squeeze(1)
 
-        logits, f, w = ctx.loss_and_grad(x_rep, gap)
-        ctx.grads += k - 1  # one pass over k copies of the batch
+        logits, f, w = ctx.loss_and_grad(x_rep, gap, copies=k)  # one pass over k copies: k gradients
         return f.view(n, k), w.view(n, k, *x.shape[1:]), logits.view(n, k, -1)[:, 0]

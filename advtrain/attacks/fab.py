@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, BestTracker, check_count, check_flag, check_positive, check_range
+from .base import Attack, AttackContext, BestTracker
+from ..ops.checks import check_count, check_flag, check_positive, check_range
 from ..ops.norms import DUAL_NORMS, NORMS, clip_box, normalize_l2, project_hyperplane_box, quantize as quantize_8bit, \
     view_as_batch
 from .registry import register_attack
@@ -23,7 +24,6 @@ def linearize_gaps(ctx: AttackContext, x: Tensor, cands: Tensor) -> tuple[Tensor
     f = logits.gather(1, cands) - logits.gather(1, ctx.y[:, None])
     k = cands.shape[1]
     w = [torch.autograd.grad(f[:, j].sum(), x, retain_graph=j + 1 < k)[0] for j in range(k)]
-    ctx.grads += k
     return f.detach(), torch.stack(w, dim=1), logits.detach()
 
 

@@ -7,7 +7,7 @@
 * ``ilpd`` Li et al. 2023 (ILPD): cross-entropy through a decayed intermediate-level perturbation.
 
 The layer is a module path of the attacked model (``layer="net.features.3"`` for a built-in C4),
-read and replaced with forward hooks only (``features.py``). Without ``layer`` a middle layer is
+read and replaced with forward hooks only (``advtrain/nn/layers.py``). Without ``layer`` a middle layer is
 inferred (``default_layer``). All are untargeted, Linf-budgeted (``family="distortion"``), and
 count every forward+backward: NAA and FIA cost ``ens + steps`` gradients. Algorithms, defaults and
 the official codes' deviations: /shared/FEATURE_ATTACKS.md section 3.
@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import AttackContext, check_choice, check_count, check_fraction, check_positive, check_range
-from .features import LayerTap, find_layers, layer_hooks, layer_names
+from .base import AttackContext
+from ..ops.checks import check_choice, check_count, check_fraction, check_positive, check_range
+from ..nn.layers import LayerTap, find_layers, layer_hooks, layer_names
 from .momentum import MomentumIterative
 from ..ops.norms import project_linf, view_as_batch
 from .registry import register_attack
@@ -97,7 +98,6 @@ class FeatureLevel(MomentumIterative):
         logits, feat = self._tapped(ctx, x, leaf=True)
         out = logits.float().softmax(1) if target == "prob" else logits.float()
         (g,) = torch.autograd.grad(out.gather(1, ctx.y[:, None]).sum(), feat)
-        ctx.grads += 1
         return g.float()
 
 

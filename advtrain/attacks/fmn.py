@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, BestTracker, check_count, check_flag, check_positive, check_range
+from .base import Attack, AttackContext, BestTracker
+from ..ops.checks import check_count, check_flag, check_positive, check_range
 from .ddn import cosine_step
 from ..ops.norms import DUAL_NORMS, NORMS, box_radius, normalize_l2, project_ball, quantize as quantize_8bit
 from .registry import register_attack

@@ -17,7 +17,8 @@ from torch import Tensor
 
 from ..featspace.decoder import Decoder, channel_stats
 from ..featspace.encoder import Encoder
-from .base import Attack, AttackContext, check_count, check_positive
+from .base import Attack, AttackContext
+from ..ops.checks import check_count, check_positive
 from .losses import is_adversarial, margin_loss
 from ..ops.norms import quantize as quantize_8bit
 from .registry import register_attack
@@ -116,7 +117,6 @@ class FSA(Attack):
                 break
             opt.zero_grad(set_to_none=True)
             (content + self.adv_weight * hinge).sum().backward(inputs=[tau])
-            ctx.grads += 1
             opt.step()
             with torch.no_grad():
                 tau.clamp_(-self.log_bound, self.log_bound)

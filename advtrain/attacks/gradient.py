@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, check_budget, check_count, check_flag, check_positive
+from .base import Attack, AttackContext
+from ..ops.checks import check_budget, check_count, check_flag, check_positive
 from .losses import is_adversarial
 from ..ops.norms import clip_box, normalize_l2, project_l2, project_linf, view_as_batch
 from .registry import register_attack

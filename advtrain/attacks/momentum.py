@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Attack, AttackContext, check_budget, check_count, check_odd_size, check_positive, check_range
+from .base import Attack, AttackContext
+from ..ops.checks import check_budget, check_count, check_odd_size, check_positive, check_range
 from ..ops.norms import project_linf, view_as_batch
 from .registry import register_attack
 
@@ -116,7 +117,6 @@ class MomentumIterative(Attack):
         x_adv = x_adv.detach().requires_grad_(True)
         loss = self._objective(ctx, input_diversity(x_adv, self.diversity_prob, self.resize_rate))
         (g,) = torch.autograd.grad(loss.sum(), x_adv)
-        ctx.grads += 1
         return g.detach()
 
     def _run(self, ctx: AttackContext) -> Tensor:

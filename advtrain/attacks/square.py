@@ -8,7 +8,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, check_budget, check_count, check_fraction, check_seed
+from .base import Attack, AttackContext
+from ..ops.checks import check_budget, check_count, check_fraction, check_seed
 from .losses import is_adversarial
 from ..ops.norms import clip_box, l2_norm, project_linf, project_sphere, quantize as quantize_8bit, view_as_batch
 from .registry import register_attack

@@ -6,6 +6,7 @@ import inspect
 import lightning.pytorch as pl
 
 from ..registry import valid_options
+from .registry import DATASETS
 
 
 class NamedDataModule(pl.LightningDataModule):
@@ -18,8 +19,6 @@ class NamedDataModule(pl.LightningDataModule):
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
                  download: bool = False, augment: bool = False, image_size: int | None = None) -> None:
         super().__init__()
-        from . import DATASETS
-
         cls = DATASETS[dataset]
         given = {"root": root, "batch_size": batch_size, "eval_batch_size": eval_batch_size,
                  "num_workers": num_workers, "seed": seed, "download": download, "augment": augment,

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..files import atomic_write
-from ..models.fingerprint import CHECKSUM, check_checksum, check_finite_state, weights_sha256
+from ..io.files import atomic_write
+from ..io.fingerprint import CHECKSUM, check_checksum, check_finite_state, weights_sha256
 from .e8 import E8Lattice
 from .patches import from_position_vectors, per_position_vectors
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..attacks.base import check_count
+from ..ops.checks import check_count
 from ..attacks.losses import is_adversarial
 
 #: AutoAttack's ``rand`` version: 20 draws per EOT gradient

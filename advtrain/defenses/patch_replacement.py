@@ -24,11 +24,12 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..attacks.features import layer_hooks, layer_names
+from ..nn.layers import layer_hooks, layer_names
+from ..nn.state import eval_mode
 from ..registry import check_kwargs
 from .codebooks import (Codebook, E8Codebook, PQCodebook, build_codebook, check_kind, fit_kmeans,
                         load_safetensors, progress_bar, save_safetensors)
-from ..models.fingerprint import weights_sha256
+from ..io.fingerprint import weights_sha256
 from .defended import ATTACK_VIEWS, Defended
 from .patches import PatchGeometry, extract_patches, fold_columns, fold_patches, sample_patches
 from .registry import register_defense
@@ -308,10 +309,8 @@ class PatchReplacement(Defended):
         from its first ``max_images`` images (see :meth:`collect_patches`); faiss subsamples them
         further (see :func:`fit_kmeans`). ``progress``: progress bars (None: when stderr is a terminal).
         """
-        was_training = self.model.training
-        self.model.eval()
         start = time.perf_counter()
-        try:
+        with eval_mode(self.model):
             pools = self.collect_patches(batches, max_patches, seed, max_images, progress)
             for i, patches in pools.items():
                 cfg = self.layers[i]
@@ -320,8 +319,6 @@ class PatchReplacement(Defended):
                 self.set_codebook(i, fit_kmeans(patches, cfg.K, universal=cfg.codebook == "universal",
                                                 kmeans_steps=kmeans_steps, seed=seed, gpu=gpu,
                                                 progress=progress, label=cfg.layer))
-        finally:
-            self.model.train(was_training)
         self.last_fit_seconds = time.perf_counter() - start
         return self
 

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..ops.checks import check_count, check_flag, check_positive
 from ..ops.norms import clip_box, round_to_levels
+from ..smoothing.bilateral import bilateral_filter
 from .registry import register_defense
 
 
@@ -164,9 +165,7 @@ class Bilateral(nn.Module):
         super().__init__()
         self.sigma_s, self.sigma_r = check_positive("sigma_s", sigma_s), check_positive("sigma_r", sigma_r)
         self.radius = None if radius is None else check_count("radius", radius)
-        if filter_fn is None:
-            from ..smoothing.bilateral import bilateral_filter as filter_fn
-        self.filter_fn = filter_fn
+        self.filter_fn = bilateral_filter if filter_fn is None else filter_fn
 
     def forward(self, x: Tensor) -> Tensor:
         return self.filter_fn(x, sigma_s=self.sigma_s, sigma_r=self.sigma_r, radius=self.radius)

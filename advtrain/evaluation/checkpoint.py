@@ -11,7 +11,7 @@ from torch import nn
 
 from ..models import build_model
 from ..models.factory import load_fitting
-from ..models.fingerprint import check_finite_state
+from ..io.fingerprint import check_finite_state
 
 PREFIX = "model."  # AdversarialTrainingModule keeps the classifier in ``self.model``
 

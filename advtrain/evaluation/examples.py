@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..files import atomic_write
+from ..io.files import atomic_write
 
 EASIEST, HARDEST, UNBROKEN = 4, 4, 2  # rows of examples.png
 ADVERSARIALS_FILE = "adversarials.pt"

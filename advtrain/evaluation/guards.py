@@ -13,9 +13,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..attacks.base import check_count, check_logits, check_positive
+from ..attacks.base import check_logits
+from ..ops.checks import check_count, check_positive
 from ..defenses.defended import ATTACK_VIEWS
-from ..models.fingerprint import check_finite_state
+from ..io.fingerprint import check_finite_state
+from ..models.normalize import Normalize
 
 QUANTIZE_CHOICES = {"both": ("unquantized", "quantized"), "no": ("unquantized",), "yes": ("quantized",)}
 
@@ -95,7 +97,6 @@ def check_images(x: Any, where: str = "images") -> None:
 def check_channels(model: nn.Module, x: Tensor) -> None:
     """A per-channel ``Normalize`` of the model matches the images' channels (1-channel images into an RGB
     model would broadcast through it to 3 channels and be evaluated silently)."""
-    from ..models.normalize import Normalize
 
     for name, m in model.named_modules():
         if isinstance(m, Normalize) and m.mean.shape[1] not in (1, x.shape[1]):

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..featspace.encoder import Encoder
+
 UNRESTRICTED = "unrestricted"
 FEATURE_DISTANCE = "feature distance (MNIST encoder)"
 METRICS = ("l2", "linf", "ssim", "psnr", "feature")
@@ -45,7 +47,6 @@ def encoder_of(specs: list) -> Any:
     for s in specs:
         path = s.options.get("encoder")
         if isinstance(path, str):
-            from ..featspace.encoder import Encoder
             return Encoder.load(path)
     return None
 

@@ -31,10 +31,12 @@ from ..attacks import ATTACKS
 from ..data import D_UPP
 from ..defenses.defended import Defended
 from ..defenses.eot import EOT, misclassified, plan_draws
-from ..models.fingerprint import weights_sha256
+from ..featspace.provision import provision
+from ..io.fingerprint import weights_sha256
 from ..ops.norms import within_budget
 from ..distributed import batch_seed, broadcast, dist_info, gather, my_batches
-from ..files import folder_lock
+from ..io.files import folder_lock
+from ..nn.state import eval_mode
 from .examples import ADVERSARIALS_FILE, UNRESTRICTED_EXAMPLES, Adversarials, load_adversarials, save_examples
 from .guards import (QUANTIZE_CHOICES, as_labels, check_attacks_on, check_images, check_model, check_model_on,
                      check_output_dir, check_run_options)
@@ -86,7 +88,6 @@ def _provision(specs: list[AttackSpec], model: nn.Module, dataset: str, context:
             raise ValueError(f"{', '.join(lacking)}: no files given and no out_dir to fit them into on first use: "
                              "pass out_dir or the files (python -m advtrain.featspace)")
         return specs
-    from ..featspace.provision import provision
 
     def provided(s: AttackSpec) -> dict:
         try:
@@ -155,18 +156,6 @@ def _resumed_adversarials(out_dir: Path | None, resumed: bool) -> dict[str, Adve
     if out_dir is not None and resumed and dist_info()[0] == 0:
         return load_adversarials(out_dir / ADVERSARIALS_FILE)
     return {"suite": Adversarials(), "unrestricted": Adversarials()}
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """``model`` in eval mode inside, every submodule's training flag restored after (also on errors)."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
 
 
 def _clean_set(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, seed: int, draws: int) -> Tensor:
@@ -279,7 +268,7 @@ def _save(out_dir: Path | None, results: dict, stores: dict[str, Adversarials], 
 
 
 def _owning_out_dir(fn: Callable[..., dict]) -> Callable[..., dict]:
-    """``fn`` holding its ``out_dir`` (rank 0, the writer): one run per folder (``advtrain/files.py``)."""
+    """``fn`` holding its ``out_dir`` (rank 0, the writer): one run per folder (``advtrain/io/files.py``)."""
     @functools.wraps(fn)
     def owner(*args: Any, **kw: Any) -> dict:
         out = kw.get("out_dir")
@@ -340,9 +329,9 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
     x_all, y_all = _collect(dataloader, n)
     device = next(iter(model.parameters()), torch.zeros(0)).device
     x_all, y_all = x_all.to(device), y_all.to(device)
-    with _eval_mode(model):  # before any other forward: a model that cannot take these images is one line
+    with eval_mode(model):  # before any other forward: a model that cannot take these images is one line
         check_model_on(model, x_all[:batch_size], y_all[:batch_size])
-    with _eval_mode(model), _eval_mode(attack_model):  # randomized? (rank 0's answer for all)
+    with eval_mode(model), eval_mode(attack_model):  # randomized? (rank 0's answer for all)
         draws = broadcast(plan_draws(model, attack_model, x_all[:batch_size], eot_samples, score_draws))
     if draws["eot_samples"] > 1:
         attack_model = EOT(attack_model, draws["eot_samples"])
@@ -352,7 +341,7 @@ def run_suite(model: nn.Module, dataloader: DataLoader | Any, suite: str | list 
     results = _resume(out, ctx, specs)
     stores = _resumed_adversarials(out, bool(results["attacks"]))
 
-    with _eval_mode(model):
+    with eval_mode(model):
         check_attacks_on(specs, attack_model, x_all[:batch_size])
         X = _clean_set(model, x_all, y_all, batch_size, seed, draws["score_draws"])
         results["context"].update(n=len(X), accuracy=len(X) / max(len(y_all), 1), indices=X.tolist())

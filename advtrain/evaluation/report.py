@@ -10,6 +10,8 @@ from torch import Tensor
 
 from ..defenses.eot import describe_draws
 from .perceptual import UNRESTRICTED, plot_ssim_curves, report_lines
+from .magnify import magnify
+from .sanity import failed_checks
 from .threats import NORM_TITLE
 
 VARIANT_TITLE = {"quantized": "with 8-bit quantization", "unquantized": "without quantization"}
@@ -118,8 +120,6 @@ def threat_lines(results: dict, variant: str) -> list[str]:
 def trust_banner(results: dict) -> list[str]:
     """The report's opening lines when a sanity check failed: a "not trustworthy" banner naming the
     failed checks (``results["failed_checks"]``, or recomputed from the attacks); none otherwise."""
-    from .sanity import failed_checks
-
     checks = results.get("failed_checks")
     if checks is None:
         checks = failed_checks(results)
@@ -243,8 +243,6 @@ def plot_examples(rows: list[dict], path: str | Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .magnify import magnify
 
     fig, axes = plt.subplots(max(len(rows), 1), 4, figsize=(8, 2.1 * max(len(rows), 1)), squeeze=False)
     for ax in axes.flat:

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write
+from ..io.files import atomic_write
 from .suite import AttackSpec
 
 #: the layout of results.json: 2 adds the threat models (per-attack "norm", per-sample distortions in

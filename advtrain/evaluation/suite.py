@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from ..attacks import ATTACKS, Attack, build_attack
-from ..attacks.base import check_positive
+from ..ops.checks import check_positive
 from ..data.specs import dataset_spec
 from ..registry import check_kwargs, valid_options
 from .threats import STANDARD_BUDGETS

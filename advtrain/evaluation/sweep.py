@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..attacks.base import AttackContext, BestTracker, frozen_eval
+from ..attacks.base import AttackContext, BestTracker
+from ..nn.state import frozen_eval
 from ..ops.norms import NORMS, l2_norm, quantize as quantize_8bit, quantize_within
 from .metrics import summarize
 from .perceptual import perceptual, summarize_perceptual

@@ -15,6 +15,7 @@ Under torch.distributed the batches are sharded across ranks as in ``run_suite``
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -24,10 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..attacks.base import AttackContext, frozen_eval
+from ..attacks.base import AttackContext
 from ..attacks.losses import get_loss
 from ..ops.norms import l2_norm, linf_norm
 from ..distributed import batch_seed, broadcast, dist_info, gather, my_batches
+from ..nn.state import eval_mode, frozen_eval
 from .resume import canon as _canon, write_json as _write_json
 from .sweep import chunks as _chunks, predict as _predict
 from .suite import AttackSpec
@@ -210,63 +212,64 @@ def transfer_matrix(specs: list[AttackSpec], sources: dict[str, nn.Module], targ
         raise ValueError("seeds must list at least one seed")
     check_zoo(specs, sources, targets, x)
     models = {**sources, **targets}
-    for m in models.values():
-        m.eval()
-    rank, world = dist_info()
-    correct = torch.ones(len(y), dtype=torch.bool)
-    for m in models.values():
-        correct &= torch.cat([(_predict(m, x[i]) == y[i]).cpu() for i in _chunks(torch.arange(len(y)), batch_size)])
-    X = correct.nonzero().flatten()
-    if len(X) == 0:
-        raise ValueError("no test image is classified correctly by every model: nothing to attack")
-    runs = _runs(specs)
-    hashes = {k: weights_hash(m) for k, m in models.items()}
-    ctx = {**(context or {}), "metric": METRIC, "n_prime": len(y), "n": len(X), "indices": X.tolist(),
-           "quantize": quantize, "batch_size": batch_size, "seeds": list(seeds),
-           "sources": {k: hashes[k] for k in sources}, "targets": {k: hashes[k] for k in targets},
-           "attacks": [label for label, _, _ in runs]}
-    out_path = Path(out_dir) / "transfer.json" if out_dir is not None else None
-    previous = broadcast(previous_cells(out_path, ctx) if rank == 0 and out_path is not None and out_path.is_file()
-                         else {})
-    if "error" in previous:
-        raise ValueError(previous["error"])
-    results: dict[str, Any] = {"context": ctx, "cells": previous}
-    results["context"] = ctx
-    x_all, y_all = x[X], y[X]
-    batches = _chunks(torch.arange(len(X)), batch_size)
-    probe = x_all[:min(batch_size, len(X))], y_all[:min(batch_size, len(X))]
-    ctx["fb_time_per_image_s"] = {k: fb_time(m, *probe) for k, m in sources.items()}
+    with contextlib.ExitStack() as modes:  # eval mode inside, every model's training flags restored after
+        for m in models.values():
+            modes.enter_context(eval_mode(m))
+        rank, world = dist_info()
+        correct = torch.ones(len(y), dtype=torch.bool)
+        for m in models.values():
+            correct &= torch.cat([(_predict(m, x[i]) == y[i]).cpu() for i in _chunks(torch.arange(len(y)), batch_size)])
+        X = correct.nonzero().flatten()
+        if len(X) == 0:
+            raise ValueError("no test image is classified correctly by every model: nothing to attack")
+        runs = _runs(specs)
+        hashes = {k: weights_hash(m) for k, m in models.items()}
+        ctx = {**(context or {}), "metric": METRIC, "n_prime": len(y), "n": len(X), "indices": X.tolist(),
+               "quantize": quantize, "batch_size": batch_size, "seeds": list(seeds),
+               "sources": {k: hashes[k] for k in sources}, "targets": {k: hashes[k] for k in targets},
+               "attacks": [label for label, _, _ in runs]}
+        out_path = Path(out_dir) / "transfer.json" if out_dir is not None else None
+        previous = broadcast(previous_cells(out_path, ctx) if rank == 0 and out_path is not None and out_path.is_file()
+                             else {})
+        if "error" in previous:
+            raise ValueError(previous["error"])
+        results: dict[str, Any] = {"context": ctx, "cells": previous}
+        results["context"] = ctx
+        x_all, y_all = x[X], y[X]
+        batches = _chunks(torch.arange(len(X)), batch_size)
+        probe = x_all[:min(batch_size, len(X))], y_all[:min(batch_size, len(X))]
+        ctx["fb_time_per_image_s"] = {k: fb_time(m, *probe) for k, m in sources.items()}
 
-    todo = []
-    for label, spec, eps in runs:
-        for src in sources:
-            for seed in seeds:
-                key = _canon({"attack": spec.as_dict(), "eps": eps, "source": hashes[src], "seed": seed,
-                              "targets": ctx["targets"]})
-                cid = f"{label}|{src}|{seed}"
-                if results["cells"].get(cid, {}).get("key") == key:
-                    continue
-                todo.append((cid, label, spec, eps, src, seed, key))
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(todo), desc="transfer", unit="cell")
-    for cid, label, spec, eps, src, seed, key in todo:
-        part = _cell(spec, eps, label, src, sources[src], targets, x_all, y_all, batches, seed, quantize)
-        results["cells"][cid] = {"attack": label, "source": src, "seed": seed, "eps": eps, "key": key,
-                                 **_merge(gather(part))}
-        if rank == 0 and out_path is not None:
-            results["summary"] = summarize(results)
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            _write_json(out_path, results)
+        todo = []
+        for label, spec, eps in runs:
+            for src in sources:
+                for seed in seeds:
+                    key = _canon({"attack": spec.as_dict(), "eps": eps, "source": hashes[src], "seed": seed,
+                                  "targets": ctx["targets"]})
+                    cid = f"{label}|{src}|{seed}"
+                    if results["cells"].get(cid, {}).get("key") == key:
+                        continue
+                    todo.append((cid, label, spec, eps, src, seed, key))
+        bar = None
+        if progress and rank == 0:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(todo), desc="transfer", unit="cell")
+        for cid, label, spec, eps, src, seed, key in todo:
+            part = _cell(spec, eps, label, src, sources[src], targets, x_all, y_all, batches, seed, quantize)
+            results["cells"][cid] = {"attack": label, "source": src, "seed": seed, "eps": eps, "key": key,
+                                     **_merge(gather(part))}
+            if rank == 0 and out_path is not None:
+                results["summary"] = summarize(results)
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                _write_json(out_path, results)
+            if bar is not None:
+                bar.set_description(cid)
+                bar.update(1)
         if bar is not None:
-            bar.set_description(cid)
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    current = {f"{label}|{s}|{seed}" for label, _, _ in runs for s in sources for seed in seeds}
-    results["cells"] = {k: v for k, v in results["cells"].items() if k in current}
-    results["summary"] = summarize(results)
-    if rank == 0 and out_path is not None:
-        _write_json(out_path, results)
-    return _canon(results)
+            bar.close()
+        current = {f"{label}|{s}|{seed}" for label, _, _ in runs for s in sources for seed in seeds}
+        results["cells"] = {k: v for k, v in results["cells"].items() if k in current}
+        results["summary"] = summarize(results)
+        if rank == 0 and out_path is not None:
+            _write_json(out_path, results)
+        return _canon(results)

@@ -16,7 +16,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .artifacts import check_bound_to, load_artifact, save_artifact
+from ..nn.layers import LayerTap
+from ..ops.checks import check_count, check_positive
+from ..io.artifacts import check_bound_to, load_artifact, save_artifact
 from .encoder import Encoder
 
 KIND = "fsa-decoder"
@@ -82,7 +84,6 @@ class SameClassPairs(Dataset):
 def style_content_loss(encoder: Encoder, x_r: Tensor, target: Tensor, x_style: Tensor,
                        style_weight: float) -> tuple[Tensor, Tensor]:
     """(content loss Eq. 7, style loss Eq. 8) of decoded images ``x_r`` (batch means)."""
-    from ..attacks.features import LayerTap  # here: advtrain.attacks imports this module
     layers = list(encoder.net.style_layers)
     with LayerTap(encoder.net, layers) as tap:
         encoder.net.features(x_r)
@@ -127,8 +128,6 @@ def fit_style_decoder(encoder: str | Path, out: str | Path, x: Tensor, y: Tensor
     beside ``out``) every ``checkpoint_every`` steps, resumed when present; writes ``out``."""
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
-
-    from ..attacks.base import check_count, check_positive  # here: advtrain.attacks imports this module
 
     check_count("steps (an untrained decoder is no decoder)", steps)
     for name, value in (("batch_size", batch_size), ("hidden", hidden), ("checkpoint_every", checkpoint_every)):

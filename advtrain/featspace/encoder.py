@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .artifacts import load_artifact, save_artifact, weights_hash
+from ..ops.checks import check_count, check_positive
+from ..io.artifacts import load_artifact, save_artifact, weights_hash
 
 KIND = "fsa-encoder"
 
@@ -78,8 +79,6 @@ class Encoder:
 def fit_encoder(batches: Iterable, epochs: int = 3, lr: float = 1e-3, width: int = 32, seed: int = 0,
                 progress: bool = True) -> Encoder:
     """Train ``MnistVggMini`` as a classifier (Adam, cross-entropy) on ``batches`` of (x, y)."""
-    from ..attacks.base import check_count, check_positive  # here: advtrain.attacks imports this module
-
     check_count("epochs (an untrained encoder is no encoder)", epochs)
     check_count("width", width)
     check_positive("lr", lr)

@@ -6,7 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
+
+from . import decoder, fitting
+from ..io.artifacts import weights_hash
+from .stats import fit_activation_stats
 
 
 def provision(attack: str, options: dict[str, Any], model: nn.Module, dataset: str,
@@ -14,28 +19,20 @@ def provision(attack: str, options: dict[str, Any], model: nn.Module, dataset: s
     """``options`` with the missing artifact paths filled in (files fitted when absent)."""
     cache_dir = Path(cache_dir)
     if attack == "d2b" and options.get("stats") is None:
-        from .artifacts import weights_hash
-        from .stats import fit_activation_stats
-
         layers = options.get("layers")
         tag = weights_hash(model) + ("" if layers is None else "_" + "-".join([layers] if isinstance(layers, str)
                                                                              else layers))
         path = cache_dir / f"d2b_stats_{tag}.safetensors"
         if not path.is_file():
-            from .__main__ import train_split
-            fit_activation_stats(model, train_split(dataset).train_dataloader(), layers).save(path)
+            fit_activation_stats(model, fitting.train_split(dataset).train_dataloader(), layers).save(path)
         return {**options, "stats": str(path)}
     if attack == "fsa" and (options.get("encoder") is None or options.get("decoder") is None):
-        from .__main__ import train_encoder, train_split
-        from .decoder import fit_style_decoder
-
         enc, dec = cache_dir / "fsa_encoder.safetensors", cache_dir / "fsa_decoder.safetensors"
         if not enc.is_file():
-            train_encoder(enc, dataset)
+            fitting.train_encoder(enc, dataset)
         if not dec.is_file():
-            import torch
-            ds = train_split(dataset).train_set
+            ds = fitting.train_split(dataset).train_set
             xs, ys = zip(*[ds[i] for i in range(len(ds))])
-            fit_style_decoder(enc, dec, torch.stack(xs), torch.tensor(ys))
+            decoder.fit_style_decoder(enc, dec, torch.stack(xs), torch.tensor(ys))
         return {**options, "encoder": str(enc), "decoder": str(dec)}
     return options

@@ -13,7 +13,9 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .artifacts import check_bound_to, load_artifact, save_artifact, weights_hash
+from ..nn.layers import LayerTap, find_layers
+from ..nn.state import frozen_eval
+from ..io.artifacts import check_bound_to, load_artifact, save_artifact, weights_hash
 
 KIND = "d2b-activation-stats"
 
@@ -68,8 +70,6 @@ class ActivationStats:
 def fit_activation_stats(model: nn.Module, batches: Iterable, layers: Sequence[str] | None = None,
                          progress: bool = True) -> ActivationStats:
     """One streaming pass over ``batches`` (``(x, y)`` or ``x``) with float64 sums per neuron."""
-    from ..attacks.base import frozen_eval  # here: advtrain.attacks imports this module
-    from ..attacks.features import LayerTap, find_layers
 
     layers = list(layers) if layers is not None else default_planes(model)
     find_layers(model, layers)

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .fingerprint import check_finite_state
+from ..io.fingerprint import check_finite_state
 from .nets import C4, MLP, CifarCNN, LeNet
 from .normalize import NormalizedModel
 

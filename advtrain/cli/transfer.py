@@ -21,14 +21,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data import NamedDataModule
 from ..models.imagenet_lite import LITE, efficientnet_lite_imagenet, foolbox_imagenet_samples
-from ..files import folder_lock
-from .checkpoint import load_checkpoint
-from .guards import check_output_dir
+from ..io.files import folder_lock
+from ..evaluation.checkpoint import load_checkpoint
+from ..evaluation.guards import check_output_dir
 from ..distributed import dist_info, launch
-from .suite import load_suite
-from .transfer import transfer_matrix
-from .transfer_report import plot_transfer, write_transfer_report
+from ..evaluation.suite import load_suite
+from ..evaluation.transfer import transfer_matrix
+from ..evaluation.transfer_report import plot_transfer, write_transfer_report
 
 CHECKPOINT_NAMES = ("last.ckpt", "model.ckpt")
 
@@ -65,7 +66,6 @@ def load_images(dataset: str, n: int | None, root: str | None, dm_hp: dict) -> t
     if dataset == "foolbox_imagenet":
         x, y = foolbox_imagenet_samples()
     else:
-        from ..data import NamedDataModule
         same = dataset == dm_hp.get("dataset")
         dm = NamedDataModule(dataset=dataset, root=root or (dm_hp.get("root") if same else None),
                              image_size=dm_hp.get("image_size") if same else None)

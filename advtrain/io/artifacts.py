@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..files import atomic_write
-from ..models.fingerprint import CHECKSUM, check_checksum, check_finite_state, weights_sha256
+from .files import atomic_write
+from .fingerprint import CHECKSUM, check_checksum, check_finite_state, weights_sha256
 
 
 def weights_hash(model: nn.Module) -> str:

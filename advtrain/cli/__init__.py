@@ -7,7 +7,8 @@ import re
 import sys
 from typing import Callable
 
-from .data import MissingDatasetError
+from ..data import MissingDatasetError
+from ..registry import check_kwargs
 
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, MissingDatasetError, TypeError, argparse.ArgumentError)
 
@@ -42,8 +43,6 @@ def user_message(e: BaseException) -> str:
 
 
 def _renamed_hint(class_path: str, option: str) -> str | None:
-    from .registry import check_kwargs
-
     module, _, name = class_path.rpartition(".")
     try:
         check_kwargs(getattr(importlib.import_module(module), name), {option: None}, name)
