@@ -21,7 +21,7 @@ ANCHOR = Path(__file__).resolve().parent / "anchors" / "grad_counts.json"
 
 
 def test_every_attack_reports_the_count_it_reported_by_hand():
-    """``tests/anchors/grad_counts.json``: recorded with the hand-counting attacks (commit 69642d6)."""
+    """``tests/anchors/grad_counts.json``: recorded with the hand-counting attacks (commit 69642d6; the L1 attacks apgd_l1, apgd_t_l1, fab_l1 at d7c92c3, before the merge)."""
     want = json.loads(ANCHOR.read_text())
     assert {k.split(":", 1)[1] for k in want if k.startswith("plain:")} == set(ATTACKS), "record the new attack"
     assert record(untrained_style_pair()) == want
