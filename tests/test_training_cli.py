@@ -30,7 +30,7 @@ def assert_one_line_error(r: subprocess.CompletedProcess, msg: str) -> None:
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--model.attack", "pgd_l5"], "unknown attack 'pgd_l5'; known: alma_l2, apgd_l2"),
+    (["--model.attack", "pgd_l5"], "unknown attack 'pgd_l5'; known: alma_l2, apgd_l1, "),
     (["--model.attack", "fgsm", "--model.attack_options", "{eps: 0}"], "eps must be > 0 and finite, got 0"),
     (["--model.adv_weight", "1.5"], "adv_weight (mix ratio) must lie in [0, 1]"),
 ])
