@@ -226,7 +226,7 @@ def _reliable_entries(group: str, budgets: dict[str, float] | None = None) -> li
         {"attack": "apgd_l2", "label": "apgd_ce", "options": {"loss": "ce"}, "budgets": l2_ce},
         {"attack": "fab_l2", "label": "fab_t", "options": {"targeted": True}, **minimum},
         {"attack": "fmn_l2", "label": "fmn", "options": {"steps": 300}, **minimum},
-        {"attack": "bp", "label": "bp", "options": {"steps": 100, "variant": "sphere"}, **minimum},
+        {"attack": "bp", "label": "bp", "options": {"steps": 100, "variant": "switch"}, **minimum},
         {"attack": "ddn", "label": "ddn", "options": {"steps": 300}, **minimum},
         {"attack": "apgd_t_l2", "label": "apgd_t", "budgets": l2_fixed, "cascade": True},  # 9 targets x 100
         {"attack": "square_l2", "label": "square", "options": {"queries": 5000}, "budgets": l2_fixed,
