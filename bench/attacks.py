@@ -81,6 +81,8 @@ ROWS: dict[str, tuple[str, dict]] = {
     "ddn quantized": ("ddn", {"steps": STEPS, "quantize": True}),
     "bp": ("bp", {"steps": STEPS}),
     "bp quantized": ("bp", {"steps": STEPS, "quantize": True}),
+    "bp sphere": ("bp", {"steps": STEPS, "variant": "sphere"}),  # the default before switch (issue 21)
+    "bp sphere quantized": ("bp", {"steps": STEPS, "variant": "sphere", "quantize": True}),
     "deepfool": ("deepfool", {"steps": STEPS}),
     "cw_l2 1x20": ("cw_l2", {"steps": STEPS, "search_steps": 1}),
     "qpgd_l2": ("qpgd_l2", {"eps": 1.5, "steps": STEPS}),

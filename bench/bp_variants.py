@@ -15,6 +15,7 @@ length, cosine of successive normalized gradients, logit gap, crossings per iter
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import replace
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from advtrain.attacks import build_attack  # noqa: E402
 from advtrain.ops.norms import l2_norm, quantize  # noqa: E402
 from advtrain.data import build_datamodule  # noqa: E402
-from advtrain.evaluation.metrics import summarize  # noqa: E402
+from advtrain.evaluation.metrics import sign_test_p, summarize  # noqa: E402
 from advtrain.models import build_model  # noqa: E402
 from advtrain.training.plain_loop import madry_recipe  # noqa: E402
 
@@ -56,11 +57,15 @@ def measure(name: str, model: nn.Module, x: Tensor, y: Tensor, specs: list, roun
     x, y = x[ok], y[ok]
     print(f"\n### {name} ({len(y)} correctly classified images)\n\n| attack (quantized) | N | P_suc | D-bar | P(D<=2) | CPU s |\n"
           "| --- | ---: | ---: | ---: | ---: | ---: |")
+    runs: dict[str, tuple[Tensor, Tensor]] = {}
     for label, attack, opts in specs:
         torch.manual_seed(0)
         t = time.process_time()
         r = build_attack(attack, quantize=True, **opts)(model, x, y)
-        row(label, len(y), r.success, l2_norm(r.x_adv - x), time.process_time() - t)
+        runs[label] = (r.success, l2_norm(r.x_adv - x))
+        row(label, len(y), *runs[label], time.process_time() - t)
+    if "bp-20 switch" in runs and "bp-20 sphere" in runs:
+        paired(runs["bp-20 switch"], runs["bp-20 sphere"])
     if round_after:  # DDN-100 unquantized, its output rounded once
         torch.manual_seed(0)
         t = time.process_time()
@@ -69,6 +74,18 @@ def measure(name: str, model: nn.Module, x: Tensor, y: Tensor, specs: list, roun
         with torch.no_grad():
             success = r.success & (model(x_q).argmax(1) != y)
         row("ddn-100 rounded once afterwards", len(y), success, l2_norm(x_q - x), time.process_time() - t)
+
+
+def paired(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> None:
+    """BP-20 switch against sphere image by image, on the images both break: how many each makes
+    smaller, the one-sided sign test that switch is worse, and the mean per-image L2 ratio - 1 (2 SE)."""
+    both = a[0] & b[0]
+    r = (a[1][both].double() / b[1][both].double()) - 1.0
+    worse, better = int((r > 1e-9).sum()), int((r < -1e-9).sum())
+    se = 2.0 * float(r.std()) / math.sqrt(max(len(r), 1))
+    print(f"\nswitch vs sphere, per image ({len(r)} broken by both): switch larger on {worse}, smaller on {better}, "
+          f"sign-test p (switch worse) {sign_test_p(worse, better):.2f}; mean ratio - 1 {float(r.mean()):+.4f} "
+          f"(2 SE {se:.4f})")
 
 
 def walk(model: nn.Module, x: Tensor, y: Tensor, steps: int = 20) -> None:
