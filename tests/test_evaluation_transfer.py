@@ -12,7 +12,8 @@ import yaml
 
 from advtrain.evaluation import transfer as transfer_mod
 from advtrain.evaluation.suite import parse_suite
-from advtrain.evaluation.transfer import transfer_matrix, weights_hash
+from advtrain.evaluation.transfer import transfer_matrix
+from advtrain.io.fingerprint import weights_tag
 from advtrain.cli.transfer import zoo_members
 from advtrain.models import build_model
 from advtrain.zoo import Recipe, train_zoo
@@ -109,13 +110,13 @@ def test_bad_input_one_line_errors(zoo, tmp_path, mnist_test_batch):
     assert "\n" not in str(e.value)
 
 
-def test_weights_hash_binds_cells_to_content():
+def test_weights_tag_binds_cells_to_content():
     a, b = build_model("c4"), build_model("c4")
     b.load_state_dict(a.state_dict())
-    assert weights_hash(a) == weights_hash(b)
+    assert weights_tag(a) == weights_tag(b)
     with torch.no_grad():
         b.net.classifier.bias.add_(1e-3)
-    assert weights_hash(a) != weights_hash(b)
+    assert weights_tag(a) != weights_tag(b)
 
 
 @pytest.mark.slow

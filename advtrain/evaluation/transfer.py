@@ -16,7 +16,6 @@ Under torch.distributed the batches are sharded across ranks as in ``run_suite``
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -29,22 +28,13 @@ from ..attacks.base import AttackContext
 from ..attacks.losses import get_loss
 from ..ops.norms import l2_norm, linf_norm
 from ..distributed import batch_seed, broadcast, dist_info, gather, my_batches
+from ..io.fingerprint import weights_tag
 from ..nn.state import eval_mode, frozen_eval
 from .resume import canon as _canon, write_json as _write_json
 from .sweep import chunks as _chunks, predict as _predict
 from .suite import AttackSpec
 
 METRIC = "attack success rate (%) over the images every model classifies correctly"
-
-
-def weights_hash(model: nn.Module) -> str:
-    """Content hash of a model's parameters and buffers (names, shapes and values)."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(str(tuple(v.shape)).encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def ssim(x: Tensor, x_adv: Tensor) -> Tensor:
@@ -223,7 +213,7 @@ def transfer_matrix(specs: list[AttackSpec], sources: dict[str, nn.Module], targ
         if len(X) == 0:
             raise ValueError("no test image is classified correctly by every model: nothing to attack")
         runs = _runs(specs)
-        hashes = {k: weights_hash(m) for k, m in models.items()}
+        hashes = {k: weights_tag(m) for k, m in models.items()}
         ctx = {**(context or {}), "metric": METRIC, "n_prime": len(y), "n": len(X), "indices": X.tolist(),
                "quantize": quantize, "batch_size": batch_size, "seeds": list(seeds),
                "sources": {k: hashes[k] for k in sources}, "targets": {k: hashes[k] for k in targets},

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.checks import check_count, check_positive
-from ..io.artifacts import load_artifact, save_artifact, weights_hash
+from ..io.artifacts import load_artifact, save_artifact
+from ..io.fingerprint import weights_tag
 
 KIND = "fsa-encoder"
 
@@ -46,7 +47,7 @@ class Encoder:
     def __init__(self, net: MnistVggMini, channel_mean: Tensor, channel_std: Tensor) -> None:
         self.net = net.eval().requires_grad_(False)
         self.channel_mean, self.channel_std = channel_mean, channel_std
-        self.hash = weights_hash(net)
+        self.hash = weights_tag(net)
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.net.features(x)

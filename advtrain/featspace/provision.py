@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import decoder, fitting
-from ..io.artifacts import weights_hash
+from ..io.fingerprint import legacy_weights_tags, weights_tag
 from .stats import fit_activation_stats
 
 
@@ -20,9 +20,11 @@ def provision(attack: str, options: dict[str, Any], model: nn.Module, dataset: s
     cache_dir = Path(cache_dir)
     if attack == "d2b" and options.get("stats") is None:
         layers = options.get("layers")
-        tag = weights_hash(model) + ("" if layers is None else "_" + "-".join([layers] if isinstance(layers, str)
-                                                                             else layers))
-        path = cache_dir / f"d2b_stats_{tag}.safetensors"
+        suffix = "" if layers is None else "_" + "-".join([layers] if isinstance(layers, str) else layers)
+        # this model's file, or one fitted before the weights hash changed (2026-12-06), else fitted now
+        names = [weights_tag(model), *sorted(legacy_weights_tags(model))]
+        found = [cache_dir / f"d2b_stats_{t}{suffix}.safetensors" for t in names]
+        path = next((f for f in found if f.is_file()), found[0])
         if not path.is_file():
             fit_activation_stats(model, fitting.train_split(dataset).train_dataloader(), layers).save(path)
         return {**options, "stats": str(path)}

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from ..nn.layers import LayerTap, find_layers
 from ..nn.state import frozen_eval
-from ..io.artifacts import check_bound_to, load_artifact, save_artifact, weights_hash
+from ..io.artifacts import check_bound_to, load_artifact, save_artifact
+from ..io.fingerprint import weights_tag
 
 KIND = "d2b-activation-stats"
 
@@ -94,4 +95,4 @@ def fit_activation_stats(model: nn.Module, batches: Iterable, layers: Sequence[s
     mean = {k: s1[k] / count for k in layers}
     std = {k: (s2[k] / count - mean[k] ** 2).clamp_min(0).sqrt() for k in layers}
     return ActivationStats({k: v.float() for k, v in mean.items()}, {k: v.float() for k, v in std.items()},
-                           count, weights_hash(model))
+                           count, weights_tag(model))

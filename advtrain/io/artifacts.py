@@ -2,26 +2,14 @@
 metadata and checked on load, so statistics or a decoder are never used with another network."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from .files import atomic_write
-from .fingerprint import CHECKSUM, check_checksum, check_finite_state, weights_sha256
-
-
-def weights_hash(model: nn.Module) -> str:
-    """SHA-256 (first 16 hex digits) of the parameters' and buffers' names, dtypes, shapes and values."""
-    h = hashlib.sha256()
-    for name, t in sorted({**dict(model.named_parameters()), **dict(model.named_buffers())}.items()):
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        flat = t.detach().cpu().contiguous().reshape(-1)  # 1-D: 0-dim buffers cannot be viewed as bytes
-        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    return h.hexdigest()[:16]
+from .fingerprint import CHECKSUM, check_checksum, check_finite_state, same_weights, weights_sha256, weights_tag
 
 
 def save_artifact(path: str | Path, tensors: dict[str, Tensor], kind: str, meta: dict[str, Any]) -> Path:
@@ -58,7 +46,6 @@ def load_artifact(path: str | Path, kind: str) -> tuple[dict[str, Tensor], dict[
 
 def check_bound_to(meta: dict[str, Any], model: nn.Module, what: str, path: str | Path) -> None:
     """Refuse a file fitted on another network (its stored weights hash differs)."""
-    have = weights_hash(model)
-    if meta.get("model_hash") != have:
+    if not same_weights(meta.get("model_hash"), model):
         raise ValueError(f"{what} {path} were fitted on another model (weights hash {meta.get('model_hash')}, "
-                         f"this model {have}): refit them for this model")
+                         f"this model {weights_tag(model)}): refit them for this model")

@@ -28,6 +28,28 @@ def weights_sha256(module: nn.Module | Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
+def weights_tag(module: nn.Module | Mapping[str, Tensor]) -> str:
+    """The first 16 hex digits of :func:`weights_sha256`: the weights hash stored in files and file names."""
+    return weights_sha256(module)[:16]
+
+
+def legacy_weights_tags(model: nn.Module) -> set[str]:
+    """The 16-digit weights hashes written before 2026-12-06 (D2B statistics, FSA encoders: names,
+    dtypes, shapes and values of parameters and buffers, no separators), accepted on load so that
+    files fitted then stay usable; nothing writes them any more."""
+    h = hashlib.sha256()
+    for name, t in sorted({**dict(model.named_parameters()), **dict(model.named_buffers())}.items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        flat = t.detach().cpu().contiguous().reshape(-1)
+        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return {h.hexdigest()[:16]}
+
+
+def same_weights(stored: object, model: nn.Module) -> bool:
+    """Whether a stored weights hash (:func:`weights_tag`, or the earlier format) is ``model``'s."""
+    return isinstance(stored, str) and (stored == weights_tag(model) or stored in legacy_weights_tags(model))
+
+
 def check_finite_state(state: Mapping[str, Tensor], where: str) -> None:
     """Refuse NaN/Inf in any floating tensor of ``state`` (a damaged file trains to ``loss=nan``
     and evaluates to a meaningless P_suc of 0): one line naming the first bad tensor."""
