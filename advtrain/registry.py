@@ -18,12 +18,20 @@ RENAMED_OPTIONS: dict[str, tuple[str, ...]] = {
 class Registry(Generic[T]):
     """A named registry; ``build(name, **kw)`` fails listing known names or valid options."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, sets_name: bool = False) -> None:
         self.kind = kind
+        self.sets_name = sets_name
         self._items: dict[str, Callable[..., T]] = {}
 
     def register(self, *names: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Register under ``names`` (the first one canonical, the rest aliases); with ``sets_name`` a
+        class gets ``name`` = the first one, and may not set it itself (one source for the name)."""
         def deco(obj: Callable[..., T]) -> Callable[..., T]:
+            if self.sets_name:
+                if "name" in vars(obj):
+                    raise TypeError(f"{obj.__name__} sets name itself; the {self.kind} registry sets it "
+                                    f"to {names[0]!r}")
+                obj.name = names[0]
             for n in names:
                 if n in self._items:
                     raise KeyError(f"{self.kind} {n!r} registered twice")

@@ -42,3 +42,21 @@ def test_a_defense_declaring_the_old_attribute_is_refused():
 
     with pytest.raises(TypeError, match="'differentiable' was renamed to 'needs_bpda'"):
         Defended(nn.Identity(), Old()).attack_view("bpda")
+
+
+def test_every_attack_carries_the_name_it_is_registered_by():
+    """One source for an attack's name: the registry sets it (results, reports and counts use it)."""
+    from advtrain.training.fast_at import INNER_ATTACKS
+    for registry in (ATTACKS, INNER_ATTACKS):
+        for name in registry.canonical():
+            assert registry[name].name == name
+    assert ATTACKS["bim"] is ATTACKS["ifgsm"] and ATTACKS["bim"].name == "ifgsm"  # an alias keeps the first name
+
+
+def test_a_class_that_names_itself_is_refused_at_registration():
+    from advtrain.attacks.base import Attack
+    from advtrain.registry import Registry
+    with pytest.raises(TypeError, match="Named sets name itself; the attack registry sets it to 'x'"):
+        @Registry("attack", sets_name=True).register("x")
+        class Named(Attack):
+            name = "y"

@@ -89,7 +89,6 @@ class ALMAL2(Attack):
     Cost: ``steps`` forward+backward passes, one extra forward on the last iterate.
     """
 
-    name = "alma_l2"
     family = "success"
 
     def __init__(self, steps: int = 1000, alpha: float = 0.9, init_lr_distance: float = 0.1,

@@ -396,39 +396,27 @@ class _Targeted(_APGD):
 class APGDLinf(_Linf, _APGD):
     """APGD in Linf (``loss`` "ce" or "dlr"; default "ce" as AutoAttack's APGD-CE)."""
 
-    name = "apgd_linf"
-
 
 @register_attack("apgd_l2")
 class APGDL2(_L2, _APGD):
     """APGD in L2 (``loss`` "ce" or "dlr"; default "ce")."""
-
-    name = "apgd_l2"
 
 
 @register_attack("apgd_t_linf")
 class APGDTLinf(_Linf, _Targeted):
     """APGD-T in Linf (targeted DLR over the top ``n_target_classes`` classes)."""
 
-    name = "apgd_t_linf"
-
 
 @register_attack("apgd_t_l2")
 class APGDTL2(_L2, _Targeted):
     """APGD-T in L2 (targeted DLR over the top ``n_target_classes`` classes)."""
-
-    name = "apgd_t_l2"
 
 
 @register_attack("apgd_l1")
 class APGDL1(_L1, _APGD):
     """l1-APGD (sparse steps, the exact L1-ball-and-box projection; ``loss`` "ce" or "dlr", default "ce")."""
 
-    name = "apgd_l1"
-
 
 @register_attack("apgd_t_l1")
 class APGDTL1(_L1, _Targeted):
     """l1-APGD-T (targeted DLR over the top ``n_target_classes`` classes; AutoAttack's L1 standard: 5)."""
-
-    name = "apgd_t_l1"

@@ -292,7 +292,7 @@ class Family(str, Enum):
 
 
 class Attack:
-    """Base of every attack. Subclasses set ``name`` and implement ``_run``.
+    """Base of every attack. Subclasses implement ``_run``; ``register_attack`` sets ``name``.
 
     Args:
         quantize: return 8-bit images (on the 1/255 grid); how each attack honours this is

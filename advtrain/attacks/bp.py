@@ -158,7 +158,6 @@ class BP(Attack):
     bisection steps for Q_OUT, and (``linear``, ``switch``) one sort of the pixels per linear step.
     """
 
-    name = "bp"
     family = "success"
     rounds_iterates = True
     default_loss = "ce"

@@ -44,7 +44,6 @@ class CarliniWagnerL2(Attack):
     Cost: ``search_steps * steps`` forward+backward passes.
     """
 
-    name = "cw_l2"
     family = "success"
     rounds_iterates = True
     default_loss = "margin"
@@ -121,8 +120,6 @@ class SmoothCarliniWagnerL2(CarliniWagnerL2):
         graph: options of ``smoothing.image_graph`` (feature_kernel, sigma_f, sigma_s, neighbours).
     Default lr 0.1: z lives in pixel units here (not logits), so C&W's 0.5 overshoots.
     """
-
-    name = "scw_l2"
 
     def __init__(self, smooth_alpha: float | None = None, solver: str = "auto", cg_steps: int = 50,
                  graph: dict | None = None, lr: float = 0.1, **kw) -> None:

@@ -58,7 +58,6 @@ class D2B(Attack):
     step's pass at x).
     """
 
-    name = "d2b"
     STEP_GROWTH = 1.25  # per-sample step growth after an in-bound step (capped at step_size)
     family = "unrestricted"
     default_loss = "margin"

@@ -51,7 +51,6 @@ class DDN(Attack):
     Cost: ``steps`` forward+backward passes and one extra forward on the last iterate.
     """
 
-    name = "ddn"
     family = "success"
     rounds_iterates = True
 

@@ -24,7 +24,6 @@ class DeepFool(Attack):
     counted as ``candidates`` gradient computations.
     """
 
-    name = "deepfool"
     supports_targets = False
     family = "success"
 

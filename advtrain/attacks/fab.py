@@ -130,7 +130,6 @@ class _FAB(Attack):
 class FABL2(_FAB):
     """FAB minimising the L2 distortion (restart radius 1.0: AutoAttack's default eps for L2)."""
 
-    name = "fab_l2"
     norm = "l2"
 
 
@@ -138,7 +137,6 @@ class FABL2(_FAB):
 class FABLinf(_FAB):
     """FAB minimising the Linf distortion (restart radius 0.3: AutoAttack's default eps for Linf)."""
 
-    name = "fab_linf"
     norm = "linf"
     default_restart_radius = 0.3
 
@@ -147,6 +145,5 @@ class FABLinf(_FAB):
 class FABL1(_FAB):
     """FAB minimising the L1 distortion (restart radius 5.0: AutoAttack's default eps for L1)."""
 
-    name = "fab_l1"
     norm = "l1"
     default_restart_radius = 5.0

@@ -121,8 +121,6 @@ class NAA(FeatureLevel):
     Cost: ens + steps gradients (plus one forward for y').
     """
 
-    name = "naa"
-
     def __init__(self, eps: float = 16 / 255, layer: str | None = None, ens: int = 30, gamma: float = 1.0,
                  noise: float = 0.1, path: str = "paper", target: str = "prob", **kw) -> None:
         super().__init__(eps=eps, layer=layer, **kw)
@@ -158,8 +156,6 @@ class FIA(FeatureLevel):
     (FIA issue #5). Cost: ens + steps gradients.
     """
 
-    name = "fia"
-
     def __init__(self, eps: float = 16 / 255, layer: str | None = None, ens: int = 30, drop: float = 0.3,
                  target: str = "logit", **kw) -> None:
         super().__init__(eps=eps, layer=layer, **kw)
@@ -185,8 +181,6 @@ class NRDM(FeatureLevel):
     at x, so the iterations start from x + N(0, init_noise^2) in the eps-ball (official code: 0.1).
     Cost: steps gradients (plus one forward for f(x))."""
 
-    name = "nrdm"
-
     def __init__(self, eps: float = 16 / 255, layer: str | None = None, init_noise: float = 0.1, **kw) -> None:
         super().__init__(eps=eps, layer=layer, **kw)
         self.init_noise = check_positive("init_noise", init_noise)
@@ -209,8 +203,6 @@ class FDA(FeatureLevel):
     paper; torchattack takes spatial means per channel and batch-wide norms). One layer, as the NAA
     repository; the FDA paper sums over every ReLU layer. Cost: steps gradients."""
 
-    name = "fda"
-
     def _prepare(self, ctx: AttackContext) -> None:
         clean = self._feature(ctx, ctx.x)
         self._low = (clean < clean.mean(dim=1, keepdim=True)).to(clean.dtype)  # channel mean per position
@@ -230,7 +222,6 @@ class ILPD(FeatureLevel):
     entropy) is taken through it. Official settings: 100 iterations on ResNet-50 ``layer2.3``.
     Cost: steps gradients (plus one forward per step for o)."""
 
-    name = "ilpd"
     uses_loss = True
     supports_targets = True
 

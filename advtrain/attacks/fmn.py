@@ -92,7 +92,6 @@ class _FMN(Attack):
 class FMNL2(_FMN):
     """FMN minimising the L2 distortion (Pintor et al. 2021)."""
 
-    name = "fmn_l2"
     norm = "l2"
 
 
@@ -100,5 +99,4 @@ class FMNL2(_FMN):
 class FMNLinf(_FMN):
     """FMN minimising the Linf distortion (Pintor et al. 2021); the kept best is the least Linf."""
 
-    name = "fmn_linf"
     norm = "linf"

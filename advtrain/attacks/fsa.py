@@ -56,7 +56,6 @@ class FSA(Attack):
     Cost: one gradient per step (through decoder, classifier and encoder).
     """
 
-    name = "fsa"
     family = "unrestricted"
     required_files = ("encoder", "decoder")  # run_suite fits missing ones on first use (featspace/provision.py)
     default_loss = "margin"

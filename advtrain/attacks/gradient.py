@@ -15,7 +15,6 @@ from .registry import register_attack
 class FGSM(Attack):
     """y = clip(x - eps sign(grad J(x))) (thesis eq. 2.12)."""
 
-    name = "fgsm"
     norm = "linf"
 
     def __init__(self, eps: float = 0.3, **kw) -> None:
@@ -84,7 +83,6 @@ class IFGSM(_Iterative):
     Default alpha = 0.08 (thesis 5.3.1) capped at eps.
     """
 
-    name = "ifgsm"
     norm = "linf"
 
     def _default_alpha(self) -> float:
@@ -104,8 +102,6 @@ class IFGSM(_Iterative):
 class PGDLinf(IFGSM):
     """Madry's PGD in Linf: I-FGSM with a uniform random start by default, alpha = 2.5 eps / steps."""
 
-    name = "pgd_linf"
-
     def __init__(self, eps: float = 0.3, steps: int = 20, alpha: float | None = None,
                  random_start: bool = True, **kw) -> None:
         super().__init__(eps=eps, steps=steps, alpha=alpha, random_start=random_start, **kw)
@@ -117,8 +113,6 @@ class PGDLinf(IFGSM):
 @register_attack("pgd_l2")
 class PGDL2(_Iterative):
     """PGD2: y <- proj_{B_2[x; eps]}(y - alpha n(grad)) (thesis eq. 2.15-2.16); alpha = eps/2 (5.3.1)."""
-
-    name = "pgd_l2"
 
     def __init__(self, eps: float = 2.0, steps: int = 20, alpha: float | None = None,
                  random_start: bool = False, **kw) -> None:

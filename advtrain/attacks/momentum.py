@@ -78,7 +78,6 @@ class MomentumIterative(Attack):
             NAA-PD), projection factor (relative to the amplified step) and kernel size.
     """
 
-    name = "mifgsm"
     norm = "linf"
 
     def __init__(self, eps: float = 16 / 255, steps: int = 10, alpha: float | None = None,

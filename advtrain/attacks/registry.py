@@ -6,7 +6,8 @@ from typing import Any
 from ..registry import Registry
 from .base import Attack
 
-ATTACKS: Registry[Attack] = Registry("attack")
+#: the registry sets each class's ``name`` to the name it is registered by (the one results carry)
+ATTACKS: Registry[Attack] = Registry("attack", sets_name=True)
 register_attack = ATTACKS.register
 
 

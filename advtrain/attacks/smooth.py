@@ -19,8 +19,6 @@ class QuickPGDL2(PGDL2):
     32x32 pixels, 0.997 above), ``solver`` ("auto", "dense", "cg"), ``cg_steps`` (50), ``graph``.
     """
 
-    name = "qpgd_l2"
-
     def __init__(self, eps: float = 2.0, steps: int = 20, alpha: float | None = None,
                  random_start: bool = False, smooth_alpha: float | None = None, solver: str = "auto",
                  cg_steps: int = 50, graph: dict | None = None, **kw) -> None:

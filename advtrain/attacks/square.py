@@ -129,7 +129,6 @@ class SquareLinf(_Square):
     Proposal: the window's pixels, per channel, all set to x + eps or x - eps (sign at random,
     redrawn while the window would not change), clipped to the box."""
 
-    name = "square_linf"
     norm = "linf"
     default_eps = 0.3
     #: sign redraws of a proposal that would leave its window unchanged (the paper's code redraws;
@@ -165,7 +164,6 @@ class SquareL2(_Square):
     [eps^2 - ||delta||^2]_+ / c); zero W2 (the mass moves from W2 to W1); rescale delta to norm eps
     and clip to the box."""
 
-    name = "square_l2"
     norm = "l2"
     default_eps = 2.0
 

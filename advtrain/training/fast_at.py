@@ -16,7 +16,7 @@ from ..ops.norms import clip_box
 from ..registry import Registry
 
 #: attacks that exist for training only (not evaluation attacks: N-FGSM leaves the eps-ball)
-INNER_ATTACKS: Registry = Registry("inner attack")
+INNER_ATTACKS: Registry = Registry("inner attack", sets_name=True)
 
 
 @INNER_ATTACKS.register("nfgsm")
@@ -26,8 +26,6 @@ class NFGSM(IFGSM):
     One step of size ``alpha`` (default eps) from a start with ``noise`` k = 2 times the budget, and no
     projection onto the eps-ball (its perturbation reaches (k + 1) eps in Linf): only the pixel box.
     """
-
-    name = "nfgsm"
 
     def __init__(self, eps: float = 0.3, noise: float = 2.0, alpha: float | None = None, *,
                  quantize: bool = False, loss: str | None = None, eval_mode: bool = True) -> None:
